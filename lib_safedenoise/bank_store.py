@@ -1,0 +1,231 @@
+"""A folder of banks (and settings-only presets), as the WebUI script, tab and API routes see it.
+
+Bank names are file stems (``<folder>/<name>.safetensors``), sanitised by ``builder.sanitize_name`` so a
+name can never leave the folder. Every method is thread-safe: writes are atomic renames and the
+mutating operations share one lock. ``load`` returns a cached ``LatentBank`` that is re-read when the file
+changes on disk. No WebUI imports: the host passes the model's latent space id where compatibility
+matters.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from lib_safedenoise import bankfile, builder, presets
+from lib_safedenoise.bankfile import BANK_SUFFIX, BankCompatibilityError, BankError, BankMetadata
+from lib_safedenoise.builder import BuildReport, sanitize_name
+from lib_safedenoise.encoders import Encoder
+from lib_safedenoise.latent_bank import LatentBank
+
+
+@dataclass(frozen=True)
+class BankEntry:
+    """One file of the store, as listed: readable banks carry ``meta``; broken ones a ``problem``."""
+
+    name: str
+    path: Path
+    size_bytes: int
+    meta: BankMetadata | None
+    problem: str = ""
+    compatible: bool | None = None
+    compatibility: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        meta = self.meta
+        return {"name": self.name, "size_bytes": self.size_bytes, "problem": self.problem,
+                "compatible": self.compatible, "compatibility": self.compatibility,
+                **({"title": meta.title, "role": meta.role, "count": meta.count,
+                    "latent_space": meta.latent_space, "latent_shape": list(meta.shape[1:]),
+                    "short_hash": meta.short_hash, "channel_normalized": meta.channel_normalized,
+                    "card": meta.card, "settings": meta.settings, "categories": meta.categories}
+                   if meta else {})}
+
+
+class BankStore:
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        self._lock = threading.RLock()
+        self._headers: dict[Path, tuple[tuple[int, int], BankMetadata | None, str]] = {}
+        self._building: set[str] = set()
+
+    def path_of(self, name: str) -> Path:
+        return self.folder / (sanitize_name(name) + BANK_SUFFIX)
+
+    def names(self) -> list[str]:
+        if not self.folder.is_dir():
+            return []
+        return sorted(p.name[:-len(BANK_SUFFIX)] for p in self.folder.glob("*" + BANK_SUFFIX)
+                      if p.is_file() and not p.name.startswith("."))
+
+    def _existing(self, name: str) -> Path:
+        path = self.path_of(name)
+        if not path.is_file():
+            known = ", ".join(self.names()) or "none"
+            raise BankError(f"no bank named {name!r} in {self.folder.name} (banks: {known})")
+        return path
+
+    def _header(self, path: Path) -> tuple[BankMetadata | None, str]:
+        stat = path.stat()
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        with self._lock:
+            cached = self._headers.get(path)
+        if cached and cached[0] == stamp:
+            return cached[1], cached[2]
+        try:
+            meta, problem = bankfile.read_metadata(path), ""
+        except BankError as error:
+            meta, problem = None, str(error)
+        with self._lock:
+            self._headers[path] = (stamp, meta, problem)
+        return meta, problem
+
+    def entry(self, name: str, *, space_id: str | None = None) -> BankEntry:
+        path = self._existing(name)
+        meta, problem = self._header(path)
+        compatible, note = None, ""
+        if meta is not None and space_id is not None:
+            try:
+                bankfile.check_compatibility(meta, space_id, name=name)
+                compatible = True
+            except BankCompatibilityError as error:
+                compatible, note = False, str(error)
+        return BankEntry(name, path, path.stat().st_size, meta, problem, compatible, note)
+
+    def list(self, *, space_id: str | None = None) -> list[BankEntry]:
+        """Every bank with its card, size and latent space; ``compatible`` is set when ``space_id`` is given."""
+        entries = []
+        for name in self.names():
+            try:
+                entries.append(self.entry(name, space_id=space_id))
+            except (BankError, OSError):
+                continue  # removed while listing
+        return entries
+
+    def load(self, name: str, *, space_id: str | None = None) -> LatentBank:
+        return bankfile.load_bank(self._existing(name), name=sanitize_name(name), space_id=space_id)
+
+    def inspect(self, name: str) -> dict[str, Any]:
+        entry = self.entry(name)
+        data = entry.as_dict()
+        if entry.meta is not None:
+            data["metadata"] = entry.meta.as_dict()
+        return data
+
+    def verify(self, name: str, *, space_id: str | None = None) -> bankfile.Verification:
+        return bankfile.verify_bank(self._existing(name), space_id=space_id)
+
+    def find_by_hash(self, hash_or_prefix: str) -> str | None:
+        """The bank whose ``modelspec.hash_sha256`` is, or starts with, the given hash (``0x`` optional)."""
+        wanted = hash_or_prefix.lower().removeprefix("0x")
+        if len(wanted) < 8:
+            raise BankError(f"hash {hash_or_prefix!r} is too short to identify a bank (need 8+ hex digits)")
+        for entry in self.list():
+            if entry.meta and entry.meta.hash_sha256[2:].startswith(wanted):
+                return entry.name
+        return None
+
+    def rename(self, old: str, new: str) -> str:
+        with self._lock:
+            source, target = self._existing(old), self.path_of(new)
+            if target.exists():
+                raise BankError(f"a bank named {sanitize_name(new)!r} already exists")
+            os.replace(source, target)
+            bankfile.invalidate(source)
+            return sanitize_name(new)
+
+    def delete(self, name: str) -> None:
+        with self._lock:
+            path = self._existing(name)
+            path.unlink()
+            bankfile.invalidate(path)
+
+    def _claim(self, name: str, overwrite: bool) -> Path:
+        target = self.path_of(name)
+        if target.exists() and not overwrite:
+            raise BankError(f"a bank named {sanitize_name(name)!r} already exists")
+        return target
+
+    def import_file(self, source: str | os.PathLike, *, name: str | None = None, overwrite: bool = False,
+                    allow_pickle: bool = False, space_id: str = "sd1") -> str:
+        """Copy a bank (or bank preset) into the store after verifying it; ``.pt`` legacy pickles are
+        converted only with ``allow_pickle`` (``space_id`` says which VAE made them)."""
+        source = Path(source)
+        stem = name or source.name.removesuffix(BANK_SUFFIX).removesuffix(".pt").removesuffix(".pth")
+        with self._lock:
+            target = self._claim(stem, overwrite)
+            if source.suffix in (".pt", ".pth", ".ckpt", ".bin"):
+                bankfile.convert_legacy_pt(source, target, allow_pickle=allow_pickle, space_id=space_id,
+                                           title=sanitize_name(stem))
+            else:
+                bankfile.verify_hash(source)
+                tmp = bankfile.temporary_path(target, "import")
+                try:
+                    shutil.copyfile(source, tmp)
+                    bankfile.verify_hash(tmp)
+                    os.chmod(tmp, 0o644)
+                    bankfile.replace_atomically(tmp, target)
+                finally:
+                    tmp.unlink(missing_ok=True)
+                bankfile.invalidate(target)
+            return sanitize_name(stem)
+
+    def export(self, name: str, dest: str | os.PathLike, *, settings_only: bool = False,
+               settings: dict | None = None, card: dict | None = None) -> Path:
+        return presets.export_preset(self._existing(name), dest, settings_only=settings_only, settings=settings,
+                                     card=card)
+
+    def save_settings(self, name: str, settings: dict | None = None, **card: str) -> BankMetadata:
+        """Store recommended settings and/or card fields in the bank itself (the hash is unchanged)."""
+        with self._lock:
+            changes = {"settings": bankfile.validate_settings(settings)} if settings is not None else {}
+            return bankfile.rewrite_metadata(self._existing(name), **changes,
+                                             **{k: v for k, v in card.items() if k in presets.CARD_FIELDS})
+
+    def read_preset(self, path: str | os.PathLike) -> presets.Preset:
+        """A preset's card and settings for the UI to show; a settings-only preset notes a missing bank."""
+        preset = presets.read_preset(path)
+        if preset.kind == "settings" and self.find_by_hash(preset.bank_hash) is None:
+            preset.problems.append(f"its bank {preset.bank_short_hash} is not in this bank folder")
+        return preset
+
+    def install_preset(self, path: str | os.PathLike, *, name: str | None = None, overwrite: bool = False) -> str:
+        """Install a preset read (and shown) before: a bank preset is imported; a settings-only preset
+        writes its settings and card into the bank it names. Returns the bank's name."""
+        preset = presets.read_preset(path)
+        if preset.kind == "bank":
+            return self.import_file(path, name=name, overwrite=overwrite)
+        bank = self.find_by_hash(preset.bank_hash)
+        if bank is None:
+            raise BankError(f"preset {preset.title!r} needs bank {preset.bank_short_hash}, which is not in "
+                            f"{self.folder.name}")
+        self.save_settings(bank, preset.settings, **{k: v for k, v in preset.card.items() if v})
+        return bank
+
+    def build(self, inputs: Any, encoder: Encoder, name: str, *, append: bool = False, overwrite: bool = False,
+              **options: Any) -> BuildReport:
+        """Build (or append to) bank ``name``; see ``builder.build_bank`` for ``options``."""
+        clean = sanitize_name(name)
+        with self._lock:
+            if clean in self._building:
+                raise BankError(f"bank {clean!r} is already being built")
+            if not append:
+                self._claim(clean, overwrite)
+            self._building.add(clean)
+        try:
+            return builder.build_bank(inputs, encoder, self.path_of(clean), append=append, **options)
+        finally:
+            with self._lock:
+                self._building.discard(clean)
+
+    def merge(self, names: Iterable[str], into: str, *, overwrite: bool = False, **options: Any) -> BankMetadata:
+        with self._lock:
+            paths = [self._existing(n) for n in names]
+            target = self.path_of(into)
+            if target.exists() and not overwrite and target not in paths:
+                raise BankError(f"a bank named {sanitize_name(into)!r} already exists")
+            return builder.merge_banks(paths, target, **options)

@@ -1,0 +1,434 @@
+"""Build banks from images: stream, encode, report every file, write atomically.
+
+Inputs: a folder (optionally recursive), a list of files, in-memory ``PIL.Image`` objects, or
+``(name, bytes)`` pairs (uploads). Images are decoded one at a time and encoded in batches, so memory
+stays bounded by one batch plus a spill file on disk; nothing but latents is ever written, and never
+previews of the content.
+
+Image policy
+------------
+1. EXIF orientation is applied.
+2. 16-bit greyscale is scaled to 8 bits; transparency (RGBA, LA, palette with transparency) is
+   composited over white, as the WebUI flattens images; CMYK, palette and greyscale are converted to
+   RGB (or to greyscale for single-channel encoders).
+3. Resize policy ``cover-centre-crop``: scale uniformly (Lanczos) until the image covers the encoder's
+   resolution, then cut the centre. No distortion; only borders are lost for other aspect ratios.
+4. Pixels are mapped to [-1, 1] for the encoder.
+
+A file that cannot be used is reported with one of ``PROBLEMS`` and skipped; the build goes on. Files in
+a folder without an image extension are reported as ``ignored``. Duplicates (same SHA-256 of the file
+bytes, or of the decoded pixels for in-memory images) are kept once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import os
+import re
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from lib_safedenoise import bankfile
+from lib_safedenoise.bankfile import BankError, BankMetadata, TensorData
+from lib_safedenoise.encoders import Encoder, TestEncoder
+
+RESIZE_POLICY = "cover-centre-crop"
+DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own default limit
+PROBLEMS = ("unreadable", "truncated", "zero-byte", "not-an-image", "decompression-bomb", "duplicate")
+_RESERVED_NAMES = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
+_MAX_NAME_LENGTH = 100
+
+Source = Union[str, os.PathLike, Image.Image, "tuple[str, bytes]"]
+Progress = Callable[[int, int, str], None]
+
+
+class BuildCancelled(BankError):
+    def __init__(self, report: "BuildReport"):
+        super().__init__(f"build cancelled after {report.count('added')} images; nothing was written")
+        self.report = report
+
+
+class EmptyBuildError(BankError):
+    def __init__(self, report: "BuildReport"):
+        counts = ", ".join(f"{n} {status}" for status, n in report.counts().items()) or "no inputs"
+        super().__init__(f"no usable images ({counts}); nothing was written")
+        self.report = report
+
+
+@dataclass
+class FileResult:
+    source: str
+    status: str  # "added", "ignored" or one of PROBLEMS
+    detail: str = ""
+    sha256: str = ""
+
+
+@dataclass
+class BuildReport:
+    files: list[FileResult] = field(default_factory=list)
+    path: str = ""
+    bank_count: int = 0
+    short_hash: str = ""
+    seconds: float = 0.0
+
+    def count(self, status: str) -> int:
+        return sum(f.status == status for f in self.files)
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for f in self.files:
+            out[f.status] = out.get(f.status, 0) + 1
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "bank_count": self.bank_count, "short_hash": self.short_hash,
+                "seconds": round(self.seconds, 3), "counts": self.counts(),
+                "files": [asdict(f) for f in self.files]}
+
+
+def sanitize_name(name: str) -> str:
+    """A bank name safe as a file name everywhere: no folders, no hidden or reserved names.
+
+    Kept: letters, digits, ``_ - . + ( )`` and spaces; anything else (path separators, the list and
+    infotext separators ``, | ; = @ *``) becomes ``_``. Leading/trailing dots and spaces are dropped.
+    """
+    stem = str(name).strip()
+    if stem.lower().endswith(bankfile.BANK_SUFFIX):
+        stem = stem[:-len(bankfile.BANK_SUFFIX)]
+    stem = re.sub(r"[^\w\-. ()+]", "_", stem).strip(" .")[:_MAX_NAME_LENGTH].strip(" .")
+    if not stem or set(stem) <= {"_"}:
+        raise BankError(f"bank name {name!r} has no usable characters")
+    if stem.split(".")[0].strip().lower() in _RESERVED_NAMES:
+        raise BankError(f"bank name {name!r} is reserved on Windows; choose another")
+    return stem
+
+
+# --------------------------------------------------------------------------- reading images
+
+class _Problem(Exception):
+    def __init__(self, status: str, detail: str):
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+def image_extensions() -> set[str]:
+    return {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+
+
+def expand_sources(inputs: Source | Iterable[Source], *, recursive: bool = False) -> list[tuple[Source, bool]]:
+    """``(source, found_in_folder)`` pairs: folders become their sorted files, skipping hidden ones."""
+    if isinstance(inputs, (str, os.PathLike, Image.Image, tuple)):
+        inputs = [inputs]
+    out: list[tuple[Source, bool]] = []
+    for item in inputs:
+        if isinstance(item, (str, os.PathLike)) and Path(item).is_dir():
+            folder = Path(item)
+            walker = folder.rglob("*") if recursive else folder.glob("*")
+            out.extend((p, True) for p in sorted(walker)
+                       if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+        else:
+            out.append((item, False))
+    return out
+
+
+def _label(source: Source, index: int) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    if isinstance(source, tuple):
+        return str(source[0])
+    return f"<image {index}>"
+
+
+def read_image(source: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, str]:
+    """Decode one source; returns the image (EXIF orientation applied) and its SHA-256.
+
+    Raises ``_Problem`` with a status from ``PROBLEMS``.
+    """
+    if isinstance(source, Image.Image):
+        digest = hashlib.sha256(f"{source.mode}{source.size}".encode() + source.tobytes()).hexdigest()
+        return _upright(source.copy()), digest
+    if isinstance(source, tuple):
+        data = bytes(source[1])
+    else:
+        try:
+            data = Path(source).read_bytes()
+        except OSError as error:
+            raise _Problem("unreadable", error.strerror or str(error)) from None
+    if not data:
+        raise _Problem("zero-byte", "empty file")
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as error:
+        raise _Problem("decompression-bomb", str(error)) from None
+    except UnidentifiedImageError:
+        raise _Problem("not-an-image", "not a recognised image format") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise _Problem("unreadable", f"cannot open: {error}") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise _Problem("decompression-bomb", f"{width}x{height} pixels exceeds the limit of {max_pixels}")
+    try:
+        image.load()
+    except OSError as error:
+        status = "truncated" if "truncated" in str(error).lower() else "unreadable"
+        raise _Problem(status, f"cannot decode: {error}") from None
+    except (SyntaxError, ValueError, EOFError) as error:
+        raise _Problem("unreadable", f"cannot decode: {error}") from None
+    return _upright(image), digest
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(image)
+    except (OSError, ValueError, SyntaxError, TypeError, KeyError):
+        return image  # a malformed EXIF block: keep the stored orientation rather than drop the image
+
+
+def to_pixels(image: Image.Image, resolution: tuple[int, int], pixel_channels: int) -> np.ndarray:
+    """``[P, H, W]`` float32 in [-1, 1] following the module's image policy."""
+    if image.mode.startswith("I") or image.mode == "F":  # 16-bit greyscale ("I" is how PNG decodes it)
+        values = np.asarray(image, dtype=np.float64) / (1.0 if image.mode == "F" else 257.0)
+        image = Image.fromarray(np.clip(values, 0, 255).round().astype(np.uint8), "L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info) \
+            or (image.mode in ("RGB", "L") and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    image = image.convert("L" if pixel_channels == 1 else "RGB")
+    height, width = resolution
+    image = ImageOps.fit(image, (width, height), method=Image.Resampling.LANCZOS, centering=(0.5, 0.5))
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+# --------------------------------------------------------------------------- building
+
+def build_bank(inputs: Source | Iterable[Source], encoder: Encoder, dest: str | os.PathLike, *,
+               title: str | None = None, role: str = "negation", recursive: bool = False,
+               append: bool = False, batch_size: int = 16, dtype: torch.dtype = torch.float16,
+               description: str = "", author: str = "", license: str = "", usage_hint: str = "",
+               settings: dict | None = None, category: str | None = None, model_family: str | None = None,
+               progress: Progress | None = None, cancel: Any = None,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> BuildReport:
+    """Encode ``inputs`` into the bank file ``dest`` (created, replaced, or with ``append`` extended).
+
+    ``progress(done, total, label)`` is called after each source; ``cancel`` is anything with
+    ``is_set()`` (a ``threading.Event``). A cancelled or failed build raises and leaves ``dest`` as it was;
+    an empty one raises ``EmptyBuildError`` carrying the per-file report.
+    """
+    started = time.perf_counter()
+    dest = Path(dest)
+    dest = dest.with_name(sanitize_name(dest.name) + bankfile.BANK_SUFFIX)
+    if settings is not None:
+        bankfile.validate_settings(settings)
+    space = bankfile.latent_space(encoder.latent_space)
+    existing = dest.is_file() and append
+    seen: set[str] = set()
+    if existing:
+        prior = bankfile.read_metadata(dest)
+        if prior.latent_space != space.id or prior.channel_normalized:
+            raise BankError(f"cannot append to {dest.name}: it holds {prior.describe_space()}"
+                            f"{' (channel-normalised)' if prior.channel_normalized else ''}, the encoder makes "
+                            f"{space.title} latents")
+        seen, role = {h for h in prior.source_sha256 if h}, prior.role
+    sources = expand_sources(inputs, recursive=recursive)
+    extensions = image_extensions()
+    report = BuildReport(path=str(dest))
+    spill = bankfile.temporary_path(dest, "latents")
+    hashes: list[str] = []
+    shape: tuple[int, ...] = ()
+    batch: list[np.ndarray] = []
+
+    def flush() -> None:
+        nonlocal shape
+        if not batch:
+            return
+        with torch.no_grad():
+            latents = encoder(torch.from_numpy(np.stack(batch)))
+        expected = (len(batch), encoder.channels)
+        if latents.ndim != 4 or tuple(latents.shape[:2]) != expected or (shape and latents.shape[1:] != shape):
+            raise BankError(f"encoder returned shape {tuple(latents.shape)}, expected [{len(batch)}, "
+                            f"{encoder.channels}, H, W] consistently")
+        if not torch.isfinite(latents).all():
+            raise BankError("encoder returned NaN or Inf latents")
+        shape = latents.shape[1:]
+        tensor = latents.detach().to("cpu", dtype).contiguous()
+        out.write((tensor.view(torch.int16) if dtype == torch.bfloat16 else tensor).numpy().tobytes())
+        batch.clear()
+
+    try:
+        with open(spill, "wb") as out:
+            for index, (source, in_folder) in enumerate(sources):
+                if cancel is not None and cancel.is_set():
+                    raise BuildCancelled(report)
+                label = _label(source, index)
+                if in_folder and Path(source).suffix.lower() not in extensions:
+                    report.files.append(FileResult(label, "ignored", "not an image file extension"))
+                else:
+                    report.files.append(_take(source, label, encoder, seen, hashes, batch, max_pixels))
+                    if len(batch) >= batch_size:
+                        flush()
+                if progress is not None:
+                    progress(index + 1, len(sources), label)
+            if cancel is not None and cancel.is_set():
+                raise BuildCancelled(report)
+            flush()
+        if not hashes:
+            raise EmptyBuildError(report)
+        meta = bankfile.new_metadata(
+            title=title or dest.stem, count=len(hashes), shape=tuple(shape), space=space, role=role,
+            description=description, author=author, license=license, usage_hint=usage_hint,
+            settings=settings or {}, model_family=model_family or encoder.family, vae_name=encoder.vae_name,
+            vae_hash=encoder.vae_hash, encode_mode=encoder.encode_mode, encode_seed=encoder.seed,
+            source_resolution=f"{encoder.resolution[1]}x{encoder.resolution[0]}", resize_policy=RESIZE_POLICY,
+            source_sha256=tuple(hashes), categories={"0": category} if category else {})
+        latents = TensorData.from_file("latents", bankfile._DTYPE_CODES[dtype], (len(hashes), *shape), spill)
+        extra = [TensorData.of("labels", torch.zeros(len(hashes), dtype=torch.long))] if category else []
+        if existing:
+            fresh = bankfile.temporary_path(dest, "added")
+            try:
+                bankfile.write_bank(fresh, replace(meta, title=f"{len(hashes)} images added {meta.date}"),
+                                    [latents, *extra])
+                meta = merge_banks([dest, fresh], dest, title=title, settings=settings)
+            finally:
+                fresh.unlink(missing_ok=True)
+        else:
+            meta = bankfile.write_bank(dest, meta, [latents, *extra])
+    finally:
+        spill.unlink(missing_ok=True)
+    report.bank_count, report.short_hash = meta.count, meta.short_hash
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _take(source: Source, label: str, encoder: Encoder, seen: set[str], hashes: list[str],
+          batch: list[np.ndarray], max_pixels: int) -> FileResult:
+    try:
+        image, digest = read_image(source, max_pixels=max_pixels)
+        if digest in seen:
+            return FileResult(label, "duplicate", "same content as an earlier image", digest)
+        pixels = to_pixels(image, encoder.resolution, encoder.pixel_channels)
+    except _Problem as problem:
+        return FileResult(label, problem.status, problem.detail)
+    except (OSError, ValueError) as error:  # a decoder failing during conversion or resize
+        return FileResult(label, "unreadable", f"cannot convert: {error}")
+    seen.add(digest)
+    hashes.append(digest)
+    batch.append(pixels)
+    return FileResult(label, "added", "", digest)
+
+
+# --------------------------------------------------------------------------- merging
+
+def merge_banks(paths: Sequence[str | os.PathLike], dest: str | os.PathLike, *, title: str | None = None,
+                settings: dict | None = None) -> BankMetadata:
+    """Concatenate banks of one latent space into ``dest``, dropping rows whose source hash repeats.
+
+    The card, settings and encoder details come from the first bank; ``sdn_merged_from`` records every
+    input, ``sdn_source_sha256`` every kept row. Labels are unified by category name (-1 where absent),
+    weights default to 1.0.
+    """
+    if not paths:
+        raise BankError("nothing to merge")
+    headers = [bankfile.verify_hash(p) for p in paths]
+    first = headers[0].meta
+    for path, header in zip(paths, headers):
+        meta = header.meta
+        if (meta.latent_space, meta.shape[1:], meta.channel_normalized, meta.role) != \
+                (first.latent_space, first.shape[1:], first.channel_normalized, first.role):
+            raise BankError(f"cannot merge {Path(path).name} ({meta.role}, {meta.describe_space()}"
+                            f"{', channel-normalised' if meta.channel_normalized else ''}) with "
+                            f"{Path(paths[0]).name} ({first.role}, {first.describe_space()}"
+                            f"{', channel-normalised' if first.channel_normalized else ''})")
+    seen: set[str] = set()
+    keep: list[np.ndarray] = []
+    hashes: list[str] = []
+    for header in headers:
+        rows = header.meta.source_sha256 or ("",) * header.meta.count
+        mask = np.array([not (h and h in seen) for h in rows], dtype=bool)
+        seen.update(h for h in rows if h)
+        hashes.extend(h for h, k in zip(rows, mask) if k)
+        keep.append(mask)
+    count = len(hashes)
+    out_dtype = headers[0].tensors["latents"]["dtype"]
+    torch_dtype = {v: k for k, v in bankfile._DTYPE_CODES.items()}[out_dtype]
+    categories: dict[str, str] = {}
+    has_labels = any("labels" in h.tensors for h in headers)
+    has_weights = any("weights" in h.tensors for h in headers)
+    for header in headers:
+        for name in header.meta.categories.values():
+            if name not in categories.values():
+                categories[str(len(categories))] = name
+    ids = {name: int(key) for key, name in categories.items()}
+
+    def rows_of(tensor_name: str, convert: Callable[[torch.Tensor, BankMetadata], torch.Tensor],
+                missing: Callable[[int], torch.Tensor]) -> Callable[[], Iterator[bytes]]:
+        def chunks() -> Iterator[bytes]:
+            from safetensors import safe_open
+
+            for path, header, mask in zip(paths, headers, keep):
+                if tensor_name not in header.tensors:
+                    part = missing(int(mask.sum()))
+                    yield from TensorData.of(tensor_name, part).chunks()
+                    continue
+                with safe_open(str(path), framework="pt") as f:
+                    view = f.get_slice(tensor_name)
+                    step = max(1, (8 << 20) // max(1, math.prod(header.meta.shape[1:]) * 4))
+                    for start in range(0, header.meta.count, step):
+                        block = view[start:start + step][torch.from_numpy(mask[start:start + step])]
+                        if len(block):
+                            yield from TensorData.of(tensor_name, convert(block, header.meta)).chunks()
+        return chunks
+
+    tensors = [TensorData("latents", out_dtype, (count, *first.shape[1:]),
+                          rows_of("latents", lambda t, m: t.to(torch_dtype), lambda n: torch.zeros(0)))]
+    if has_labels:
+        def relabel(labels: torch.Tensor, meta: BankMetadata) -> torch.Tensor:
+            table = {int(k): ids[v] for k, v in meta.categories.items()}
+            return torch.tensor([table.get(int(v), -1) for v in labels], dtype=torch.long)
+        tensors.append(TensorData("labels", "I64", (count,),
+                                  rows_of("labels", relabel, lambda n: torch.full((n,), -1, dtype=torch.long))))
+    if has_weights:
+        tensors.append(TensorData("weights", "F32", (count,),
+                                  rows_of("weights", lambda t, m: t.float(), lambda n: torch.ones(n))))
+    merged_from = tuple(entry for header in headers for entry in
+                        (*header.meta.merged_from, {"title": header.meta.title, "hash_sha256":
+                                                    header.meta.hash_sha256, "count": header.meta.count}))
+    meta = replace(first, title=title or first.title, count=count, source_sha256=tuple(hashes),
+                   merged_from=merged_from, categories=categories,
+                   settings=bankfile.validate_settings(settings) if settings is not None else first.settings,
+                   date=bankfile.utc_now())
+    if not any(hashes):
+        meta = replace(meta, source_sha256=())
+    return bankfile.write_bank(dest, meta, tensors)
+
+
+# --------------------------------------------------------------------------- benchmark
+
+def measure_build_throughput(*, images: int = 64, side: int = 96, resolution: int = 64,
+                             batch_size: int = 16) -> dict[str, Any]:
+    """Images per second of a complete build (read PNG, hash, convert, resize, encode, write) with the
+    deterministic test encoder, for the speed benchmark's ``bank_build`` section."""
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory(prefix="sdn-bank-bench-") as folder:
+        grid = np.linspace(0, 255, side, dtype=np.float32)
+        for i in range(images):
+            base = (grid[None, :, None] * rng.random(3) + grid[:, None, None] * rng.random(3)) / 2
+            noise = rng.normal(0, 12, (side, side, 3))
+            Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8)).save(Path(folder, f"{i:05d}.png"))
+        encoder = TestEncoder(resolution)
+        started = time.perf_counter()
+        report = build_bank(folder, encoder, Path(folder, "bench.safetensors"), batch_size=batch_size)
+        seconds = time.perf_counter() - started
+    return {"images": report.bank_count, "seconds": round(seconds, 4),
+            "images_per_second": round(report.bank_count / seconds, 2), "encoder": encoder.vae_name,
+            "source_size": f"{side}x{side}", "resolution": f"{resolution}x{resolution}", "batch_size": batch_size}

@@ -1,0 +1,1 @@
+"""Stub of modules/api (see tests/host_stub/__init__.py)."""

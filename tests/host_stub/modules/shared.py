@@ -1,0 +1,59 @@
+"""Follows modules/shared.py, shared_state.py and shared_options.py (only what sampling reads)."""
+
+from __future__ import annotations
+
+import argparse
+
+from modules.options import OptionInfo, Options
+
+forge = False  # set by tests/host_stub.configure
+
+cmd_opts = argparse.Namespace(safe_denoiser_enforce=None, hide_ui_dir_config=False, no_prompt_history=True,
+                              disable_extension_access=False)
+
+opts = Options({
+    "skip_early_cond": OptionInfo(0.0, "Ignore negative prompt during early sampling"),
+    "s_min_uncond_all": OptionInfo(False, "NGMS: Skip every step"),
+    "batch_cond_uncond": OptionInfo(True, "Batch cond/uncond"),
+    "pad_cond_uncond": OptionInfo(False, "Pad prompt/negative prompt"),
+    "pad_cond_uncond_v0": OptionInfo(False, "Pad prompt/negative prompt (v0)"),
+    "live_previews_enable": OptionInfo(True, "Show live previews of the created image"),
+    "live_preview_content": OptionInfo("Prompt", "Live preview subject"),
+    "show_progress_every_n_steps": OptionInfo(1, "Live preview display period"),
+    "img2img_fix_steps": OptionInfo(False, "With img2img, do exactly the amount of steps the slider specifies"),
+    "disabled_extensions": OptionInfo([], "Disable these extensions"),
+    "disable_all_extensions": OptionInfo("none", "Disable all extensions"),
+    "infotext_skip_pasting": OptionInfo([], "Disregard fields from pasted infotext"),
+})
+
+
+class State:
+    """modules/shared_state.State: ``sampling_step`` is set by the sampler's per-step callback, *after* the
+    model call of that step, so during step i's model call it still reads i-1 (and 0 for steps 0 and 1)."""
+
+    def __init__(self):
+        self.interrupted = False
+        self.skipped = False
+        self.stopping_generation = False
+        self.job_count = 0
+        self.sampling_step = 0
+        self.sampling_steps = 0
+        self.previews: list = []
+
+    def begin(self, job: str = "(unknown)"):
+        self.interrupted = self.skipped = self.stopping_generation = False
+        self.job_count = -1
+        self.previews = []
+
+    def interrupt(self):
+        self.interrupted = True
+
+
+class _Tqdm:
+    def update(self):
+        pass
+
+
+state = State()
+total_tqdm = _Tqdm()
+sd_model = None  # the loaded checkpoint; tests set it (the digits model)

@@ -1,0 +1,89 @@
+"""Shared pieces of the host-stub generation tests: the digits checkpoint loaded as ``shared.sd_model``,
+a negation bank of held-out digits of one class written as a real bank file, and the evaluator."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from lib_safedenoise import bankfile
+from lib_safedenoise.digits import data, latents
+from lib_safedenoise.generation_args import GenerationArgs
+from tests.host_stub.harness import StubWebUI
+
+NEGATED_CLASS = 3
+BANK = "digit-3"
+
+
+@functools.lru_cache(maxsize=1)
+def _checkpoint():
+    from lib_safedenoise.digits import checkpoint
+
+    return checkpoint.load_model(), checkpoint.load_evaluator()
+
+
+def load_sd_model():
+    """What the stub's model loading does in place of ``sd_models.set_model_type``: name the latent space."""
+    model, _ = _checkpoint()
+    model.latent_space = "digits"
+    return model
+
+
+def heldout_latents(digit: int, count: int | None = None) -> torch.Tensor:
+    pixels, _ = data.subset("heldout", digit=digit)
+    return latents.encode(pixels[:count] if count else pixels)
+
+
+def write_bank(folder: Path, name: str, *, digit: int = NEGATED_CLASS, space: str = "digits") -> Path:
+    bank = heldout_latents(digit)
+    meta = bankfile.new_metadata(title=name, count=bank.shape[0], shape=tuple(bank.shape[1:]),
+                                 space=bankfile.latent_space(space))
+    path = Path(folder) / f"{name}{bankfile.BANK_SUFFIX}"
+    bankfile.save_bank(path, meta, bank.half())
+    return path
+
+
+def start(tmp_path: Path, *, forge: bool = False, enforce: str | None = None) -> StubWebUI:
+    bank_dir = Path(tmp_path) / "banks"
+    bank_dir.mkdir(parents=True, exist_ok=True)
+    write_bank(bank_dir, BANK)
+    webui = StubWebUI(load_sd_model(), bank_dir, forge=forge, enforce=enforce)
+    webui.bank_dir = bank_dir
+    return webui
+
+
+def args(*, banks=(BANK,), strength=1.0, mode="default", window_end=0.25, threshold=-1.0) -> list:
+    return GenerationArgs(True, tuple(banks), (strength,), mode, 0.0, 0.0, window_end, threshold).to_script_args()
+
+
+def class_share(response: dict, digit: int) -> float:
+    _, evaluator = _checkpoint()
+    pixels = torch.stack(response["images"])
+    predictions, _, _ = evaluator.judge(pixels)
+    return float((predictions == digit).float().mean())
+
+
+class SixteenChannelModel(torch.nn.Module):
+    """An SD3-like checkpoint: the digits model seen through a pixel-unshuffle, so its latents have 16
+    channels at half the size; the WebUI marks such a model ``is_sd3`` (modules/sd_models.py)."""
+
+    is_sd3 = True
+    latent_channels = 16
+    parameterization = "eps"
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.alphas_cumprod = inner.alphas_cumprod
+
+    def get_learned_conditioning(self, labels):
+        return self.inner.get_learned_conditioning(labels)
+
+    def apply_model(self, x, t, cond, **kwargs):
+        return F.pixel_unshuffle(self.inner.apply_model(F.pixel_shuffle(x, 2), t, cond), 2)
+
+    def decode_first_stage(self, z):
+        return self.inner.decode_first_stage(F.pixel_shuffle(z, 2))

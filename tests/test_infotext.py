@@ -1,0 +1,94 @@
+"""Infotext: what the extension writes, and what paste / PNG Info / "Send to" restore (through the host
+stub's copy of the WebUI's parser rules, modules/infotext_utils.py)."""
+
+import pytest
+import torch
+
+from lib_safedenoise import ENGINE_VERSION, extension
+from lib_safedenoise.extension import INFOTEXT_KEY, PASTE_KEYS
+from lib_safedenoise.generation_args import ARG_NAMES, GenerationArgs
+from lib_safedenoise.latent_bank import LatentBank
+from tests import host_stub
+
+host_stub.install()
+from modules import infotext_utils, script_callbacks  # noqa: E402  (the stub)
+
+
+def bank(name, short_hash="1a2b3c4d5e6f"):
+    return LatentBank(name=name, latents=torch.zeros(2, 4, 8, 8), short_hash=short_hash)
+
+
+class Control:
+    """A component as connect_paste sees it: only its current ``value`` (whose type drives the cast)."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+def written_infotext(args, banks, mode_name="paper"):
+    """A full infotext line, quoted as modules/processing.py ``create_infotext`` does."""
+    value = extension.format_infotext(args, banks, mode_name)
+    return (f"3\nNegative prompt: 7\nSteps: 12, Sampler: Euler, CFG scale: 5, Seed: 4, Size: 64x64, "
+            f"{INFOTEXT_KEY}: {infotext_utils.quote(value)}, Schedule type: Automatic")
+
+
+def test_written_value_names_concrete_mode_engine_banks_with_hashes():
+    args = GenerationArgs(True, ("nsfw (v2), faces", "cats"), (1.0, 0.5), "default", 0.0, 0.0, 0.3, -1)
+    value = extension.format_infotext(args, [bank("nsfw (v2), faces"), bank("cats", "0f0e0d0c0b0a")], "paper")
+    assert value == ("banks=nsfw (v2), faces@1a2b3c4d5e6f*1|cats@0f0e0d0c0b0a*0.5; mode=paper; "
+                     f"engine={ENGINE_VERSION}; window=0-0.3; bandwidth=auto; threshold=auto")
+
+
+def test_round_trip_through_the_webui_parser():
+    args = GenerationArgs(True, ("nsfw (v2), faces", "cats"), (1.0, 0.5), "default", 2.5, 0.1, 0.3, 0.75)
+    params = infotext_utils.parse_generation_parameters(written_infotext(args, [bank(n) for n in args.banks]))
+    assert params["Steps"] == "12" and params["Size-1"] == "64"  # the line around ours still parses
+    pasted = extension.parse_infotext(params[INFOTEXT_KEY])
+    assert pasted.args == GenerationArgs(True, args.banks, args.strengths, "paper", 2.5, 0.1, 0.3, 0.75)
+    assert pasted.hashes == {"nsfw (v2), faces": "1a2b3c4d5e6f", "cats": "1a2b3c4d5e6f"}
+    assert pasted.engine == ENGINE_VERSION
+
+
+def pasted_controls(infotext, controls):
+    script_callbacks.clear_callbacks()
+    script_callbacks.on_infotext_pasted(lambda text, params: extension.unpack_infotext(params))
+    return infotext_utils.paste(list(zip(controls, PASTE_KEYS)), infotext)
+
+
+def accordion(enabled=True):
+    return [Control(v) for v in (enabled, ["old"], "2", "paper", 1.0, 0.0, 0.9, 3.0)]
+
+
+def test_paste_restores_every_control_with_its_type():
+    args = GenerationArgs(True, ("cats", "dogs"), (0.5, 2.0), "paper", 1.5, 0.05, 0.4, -1)
+    values = pasted_controls(written_infotext(args, [bank("cats"), bank("dogs")]), accordion(enabled=False))
+    assert values == [True, ["cats", "dogs"], "0.5, 2", "paper", 1.5, 0.05, 0.4, -1.0]
+    assert GenerationArgs.from_script_args(values) == args
+
+
+def test_paste_without_our_key_switches_the_toggle_off_and_leaves_the_rest():
+    values = pasted_controls("3\nSteps: 12, Sampler: Euler, CFG scale: 5, Seed: 4", accordion(enabled=True))
+    assert values[0] is False
+    assert values[1:] == [infotext_utils.UNCHANGED] * (len(ARG_NAMES) - 1)
+
+
+def test_unreadable_value_changes_nothing():
+    infotext = f'3\nSteps: 12, Sampler: Euler, Seed: 4, {INFOTEXT_KEY}: "banks=cats@-*1; window=late"'
+    assert pasted_controls(infotext, accordion()) == [infotext_utils.UNCHANGED] * len(ARG_NAMES)
+    with pytest.raises(ValueError, match="window"):
+        extension.parse_infotext("banks=cats@-*1; window=late")
+    with pytest.raises(ValueError, match="name=value"):
+        extension.parse_infotext("banks=cats; paper")
+
+
+def test_keys_are_in_the_parsers_character_set():
+    for key in (INFOTEXT_KEY, extension.INFOTEXT_FIRED_KEY, extension.INFOTEXT_ERROR_KEY,
+                extension.INFOTEXT_ENFORCED_KEY, *PASTE_KEYS):
+        assert infotext_utils.re_param.fullmatch(f"{key}: 1")
+
+
+@pytest.mark.parametrize("steps, text", [([], "none"), ([3], "3"), ([1, 2, 3, 7, 9, 10], "1-3 7 9-10"),
+                                         ([5, 4, 4], "4-5")])
+def test_fired_steps_text(steps, text):
+    assert extension.format_steps(steps) == text
+    assert extension.parse_steps(text) == sorted(set(steps))
