@@ -14,9 +14,9 @@ from typing import Sequence
 import torch
 
 from . import ENGINE_VERSION
-from .kernel import per_image
+from .kernel import derived, per_image
 from .latent_bank import LatentBank
-from .modes import MODES, BankEffect, Step, derived, resolve_mode
+from .modes import MODES, BankEffect, Step, resolve_mode
 from .schedule import in_window, validate_window
 
 

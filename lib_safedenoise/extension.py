@@ -582,6 +582,68 @@ def sampler_step(denoiser) -> tuple[int, int]:
 
 CFG_HOOKS = CfgHooks()
 OPEN_SESSIONS = OpenSessions()
+
+
+# --------------------------------------------------------------------------- the script's hooks
+
+def before_generation(p) -> None:
+    """``Script.before_process``: hide live previews on an enforced server if the operator asked to."""
+    if host.enforced_bank_names() and host.opts_value(SETTING_HIDE_PREVIEWS, False):
+        host.hide_live_previews(p)
+
+
+def begin_generation(p, script_args: Sequence[Any]) -> None:
+    """``Script.process``: plan the session, write the infotext keys, register the CFG callbacks.
+
+    Leftover callbacks of a generation that raised (and so never reached ``postprocess``) go first.
+    A bad request or an unusable bank is reported and the generation runs without it; an enforced bank
+    that cannot be applied stops the generation.
+    """
+    OPEN_SESSIONS.drop_stale()
+    if not len(OPEN_SESSIONS):
+        host.remove_cfg_callbacks(CFG_HOOKS.on_cfg_denoiser, CFG_HOOKS.on_cfg_after_cfg)
+    try:
+        request = apply_xyz_overrides(GenerationArgs.from_script_args(script_args), p)
+    except ValueError as error:
+        host.log_problem(str(error))
+        p.extra_generation_params[INFOTEXT_ERROR_KEY] = str(error)
+        request = GenerationArgs(enabled=False)
+    enforced = host.enforced_bank_names()
+    if enforced:
+        host.protect_options_from_api(API_PROTECTED_OPTIONS)
+    if not request.enabled and not enforced:
+        return
+    try:
+        session = plan_session(request, enforced, host.bank_loader(), host.engine_factory())
+    except EnforcementError as error:
+        host.log_problem(str(error))
+        p.extra_generation_params[INFOTEXT_ERROR_KEY] = str(error)
+        host.abort_generation()
+        return
+    for problem in session.problems:
+        host.log_problem(problem)
+    p.extra_generation_params.update(infotext_values(session))
+    if session.active:
+        OPEN_SESSIONS.begin(p, session)
+        host.register_cfg_callbacks(CFG_HOOKS.on_cfg_denoiser, CFG_HOOKS.on_cfg_after_cfg)
+
+
+def end_generation(p) -> None:
+    """``Script.postprocess``: close the session (banks leave the device), remove the callbacks when no
+    other generation is running, and hand the per-image report to the API response and the UI."""
+    session = OPEN_SESSIONS.end(p)
+    if not len(OPEN_SESSIONS):
+        host.remove_cfg_callbacks(CFG_HOOKS.on_cfg_denoiser, CFG_HOOKS.on_cfg_after_cfg)
+    if session is not None:
+        report = session.report()
+        p.extra_generation_params[REPORT_KEY] = report  # Processed.js() holds the same dict
+        remember_report(report)
+
+
+def protect_enforcement(*_) -> None:
+    """``on_app_started``: on an enforced server, API clients may not change the protected options."""
+    if host.enforced_bank_names():
+        host.protect_options_from_api(API_PROTECTED_OPTIONS)
 _last_report: dict = {}
 
 

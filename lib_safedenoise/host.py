@@ -13,7 +13,6 @@ from functools import lru_cache
 from typing import Any, Callable, Sequence
 
 A1111, FORGE, REFORGE, SDNEXT = "a1111", "forge", "reforge", "sdnext"
-SUPPORTED_HOSTS = (A1111, FORGE, REFORGE)
 LOG_PREFIX = "[Safe Denoiser]"
 BANK_FOLDER_NAME = "safe-denoiser"
 
@@ -57,7 +56,7 @@ def log_problem(message: str) -> None:
 def opts_value(key: str, default: Any = None) -> Any:
     from modules import shared
 
-    return shared.opts.data.get(key, default) if getattr(shared, "opts", None) is not None else default
+    return getattr(shared.opts, key, default)
 
 
 def cmd_opt(name: str, default: Any = None) -> Any:
@@ -126,14 +125,12 @@ def model_latent_space(sd_model=None) -> str:
         return explicit
     if getattr(sd_model, "is_sd3", False):
         return "sd3"
-    if getattr(sd_model, "is_flux", False) or getattr(sd_model, "is_flux1", False):
-        return "flux"
     if getattr(sd_model, "is_sdxl", False) or getattr(sd_model, "is_ssd", False):
         return "sdxl"
     if getattr(sd_model, "is_sd1", False) or getattr(sd_model, "is_sd2", False):
         return "sd1"
-    channels = model_latent_channels(sd_model)
-    return "sd1" if channels == 4 else f"unknown-{channels}ch"
+    # Forge sets no family flag for Flux (backend/diffusion_engine/flux.py); its VAE has 16 channels
+    return {4: "sd1", 16: "flux"}.get(model_latent_channels(sd_model), "unknown")
 
 
 def model_latent_channels(sd_model) -> int:
@@ -166,6 +163,15 @@ def register_cfg_callbacks(on_cfg_denoiser: Callable, on_cfg_after_cfg: Callable
     remove_cfg_callbacks(on_cfg_denoiser, on_cfg_after_cfg)
     script_callbacks.on_cfg_denoiser(on_cfg_denoiser, name="safe_denoiser")
     script_callbacks.on_cfg_after_cfg(on_cfg_after_cfg, name="safe_denoiser")
+
+
+def register_script_callbacks(*, app_started: Callable, infotext_pasted: Callable, before_ui: Callable) -> None:
+    """The callbacks registered once when the script file loads (the WebUI clears them on reload)."""
+    from modules import script_callbacks
+
+    script_callbacks.on_app_started(app_started)
+    script_callbacks.on_infotext_pasted(infotext_pasted)
+    script_callbacks.on_before_ui(before_ui)
 
 
 def remove_cfg_callbacks(*callbacks: Callable) -> None:
@@ -258,3 +264,141 @@ def guard_bank_change(name: str) -> None:
 
 
 # --- UI, tab, settings and API routes ---
+
+def input_accordion_class():
+    """``modules.ui_components.InputAccordion``: an accordion whose header checkbox is a gradio input."""
+    from modules.ui_components import InputAccordion
+
+    return InputAccordion
+
+
+def folder_inputs_allowed() -> bool:
+    """Whether the tab may read server folders: not with ``--hide-ui-dir-config``, and not when the UI is
+    reachable from other machines (``--listen``/``--share``/...) without ``--enable-insecure-extension-access``
+    (``cmd_opts.disable_extension_access``, modules/shared_cmd_options.py)."""
+    return not (cmd_opt("hide_ui_dir_config", False) or cmd_opt("disable_extension_access", False))
+
+
+def api_writes_allowed() -> bool:
+    """Whether API routes may write bank files: as the Extensions tab, refused on a server reachable from
+    other machines without ``--enable-insecure-extension-access``, unless the API asks for a password."""
+    return not cmd_opt("disable_extension_access", False) or bool(cmd_opt("api_auth", None))
+
+
+def queue_lock():
+    """The lock every generation and model swap runs under (modules/call_queue.py)."""
+    from modules import call_queue
+
+    return call_queue.queue_lock
+
+
+def loaded_model():
+    """The loaded checkpoint, or None. Never loads one: ``shared.sd_model`` is a property that would."""
+    try:
+        from modules import sd_models
+    except ImportError:  # the host stub keeps the model in shared.sd_model
+        from modules import shared
+
+        return shared.sd_model
+    return sd_models.model_data.sd_model
+
+
+def loaded_latent_space() -> str | None:
+    model = loaded_model()
+    return None if model is None else model_latent_space(model)
+
+
+def model_family(sd_model) -> str:
+    for flag, family in (("is_sd3", "sd3"), ("is_ssd", "ssd"), ("is_sdxl", "sdxl"), ("is_sd2", "sd2"),
+                         ("is_sd1", "sd1")):
+        if getattr(sd_model, flag, False):
+            return family
+    return model_latent_space(sd_model)
+
+
+class WebuiVaeEncoder:
+    """The loaded checkpoint's full VAE (never TAESD) as a bank ``encoders.Encoder``.
+
+    Each batch goes through ``images_tensor_to_samples`` (modules/sd_samplers_common.py), which moves it to
+    the device, so only one batch of images is ever there. The WebUI's encodings are draws from the VAE
+    posterior (``get_first_stage_encoding`` samples for SD1/SD2, sgm and SD3 sample inside
+    ``encode_first_stage``), so they are made reproducible by seeding a forked RNG per batch.
+    """
+
+    pixel_channels = 3
+    encode_mode = "sample"
+
+    def __init__(self, sd_model, seed: int = 0):
+        from lib_safedenoise import bankfile
+
+        space = bankfile.latent_space(model_latent_space(sd_model))
+        self.model = sd_model
+        self.latent_space, self.channels, self.family = space.id, space.channels, model_family(sd_model)
+        side = space.native_size[0] * 8
+        self.resolution = (side, side)
+        self.seed = seed
+        self._batches = 0
+        try:
+            from modules import sd_vae
+
+            vae_name, vae_hash = sd_vae.get_loaded_vae_name(), sd_vae.get_loaded_vae_hash()
+        except ImportError:
+            vae_name = vae_hash = None
+        checkpoint = getattr(getattr(sd_model, "sd_checkpoint_info", None), "name_for_extra", "checkpoint")
+        self.vae_name = vae_name or f"{checkpoint} (built-in VAE)"
+        self.vae_hash = vae_hash or ""
+
+    def __call__(self, pixels):
+        import torch
+        from modules import devices, sd_samplers_common
+
+        cuda = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        with torch.no_grad(), devices.autocast(), torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(self.seed + self._batches)
+            latents = sd_samplers_common.images_tensor_to_samples((pixels + 1) / 2, 0, self.model)
+        self._batches += 1
+        return latents.float().cpu()
+
+
+def webui_vae_encoder():
+    """An encoder for the loaded model; raises ``BankError`` when no model is loaded."""
+    from lib_safedenoise.bankfile import BankError
+
+    model = loaded_model()
+    if model is None:
+        raise BankError("no checkpoint is loaded: load one (top of the page) to encode images with its VAE")
+    return WebuiVaeEncoder(model)
+
+
+def register_tab_callbacks(*, ui_tabs: Callable, ui_settings: Callable, app_started: Callable) -> None:
+    from modules import script_callbacks
+
+    script_callbacks.on_ui_tabs(ui_tabs)
+    script_callbacks.on_ui_settings(ui_settings)
+    script_callbacks.on_app_started(app_started)
+
+
+def add_settings(section: tuple[str, str], options: Sequence[tuple[str, Any, str, dict]]) -> None:
+    """Register settings ``(key, default, label, extra)``; ``extra`` holds ``OptionInfo`` keyword arguments
+    plus ``info`` (a hint) and ``multiselect_choices`` (a callable: a multi-select of those choices)."""
+    from modules import shared
+
+    for key, default, label, extra in options:
+        extra = dict(extra)
+        info_text = extra.pop("info", None)
+        choices = extra.pop("multiselect_choices", None)
+        if choices is not None:
+            from modules.ui_components import DropdownMulti
+
+            extra.update(component=DropdownMulti, component_args=lambda choices=choices: {"choices": choices()})
+        option = shared.OptionInfo(default, label, section=section, **extra)
+        shared.opts.add_option(key, option.info(info_text) if info_text else option)
+
+
+def api_auth_dependencies(app) -> list | None:
+    """The dependencies (``--api-auth``'s HTTP basic check) of the WebUI's own API routes, or None when
+    the WebUI's API is off (no ``--api``/``--nowebui``): then our routes are not registered either."""
+    for route in getattr(app, "routes", []):
+        if getattr(route, "path", None) == "/sdapi/v1/options":
+            return list(route.dependencies)
+    return None

@@ -3,7 +3,8 @@
 Every quantity the modes need comes from one pass over the bank, in the style of flash attention: the
 bank is read in chunks of rows; per chunk we form the query-to-item distances with one matrix product,
 fold them into a running log-sum-exp, and add the rescaled weighted items to a running sum with a second
-product while the chunk is still in cache. Nothing of size ``B x M x D`` ever exists, the bank is read
+product while the chunk is still in cache (on CPU only over the items whose weight is not negligible,
+see ``NEGLIGIBLE_LOG_WEIGHT``). The items' squared norms are computed once per bank tensor. Nothing of size ``B x M x D`` ever exists, the bank is read
 from memory once, and the log-sum-exp stays exact when squared distances reach 10^5 or more (SD latents
 have D = 16,384 to 262,144 values, where a plain ``exp`` underflows to 0 for every item).
 
@@ -15,15 +16,24 @@ large inputs: their absolute error is about 1e-7 of the squared norms.
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 
-CHUNK_BYTES = 2 << 20
+CHUNK_BYTES = 8 << 20
 """Float32 bytes of bank rows per chunk: small enough that the second product reads the chunk from cache."""
 
 MIN_CHUNK_ROWS = 8
 """Lower bound on rows per chunk, so the per-chunk rescale of the ``B x D`` accumulator stays cheap."""
+
+NEGLIGIBLE_LOG_WEIGHT = 40.0
+"""Items whose weight is below ``exp(-40)`` of the running maximum (so also of the final one) change the
+weighted sum by less than ``M * 4e-18`` relative: far below float32 resolution. On CPU, where the second
+read of a chunk costs as much as the first, the weighted sum skips them; in high dimension the kernel is
+so peaked that usually only a few items per chunk remain, and the pass costs about one read of the bank.
+(On GPUs the selection would need a device sync per chunk, so every item is summed.)"""
 
 
 @dataclass
@@ -38,6 +48,32 @@ class KernelPass:
     mean: torch.Tensor
     log_weight_sum: torch.Tensor
     min_sq_distance: torch.Tensor
+
+
+_derived: dict[int, dict] = {}  # by id of a live tensor; tensors compare elementwise, so no WeakKeyDictionary
+
+
+def derived(tensor: torch.Tensor, key: tuple, compute: Callable[[], Any]):
+    """``compute()`` once per bank tensor and ``key``, until the tensor is freed or changed in place.
+
+    Adapted bank views (``LatentBank.adapted``) live until the bank is edited or released, so values
+    derived from a bank (its items' norms, a calibrated threshold, ...) are computed once per generation.
+    """
+    cache = _derived.get(id(tensor))
+    if cache is None:
+        cache = _derived[id(tensor)] = {}
+        weakref.finalize(tensor, _derived.pop, id(tensor), None)
+    key = (tensor._version, *key)  # in-place edits bump the version
+    if key not in cache:
+        cache[key] = compute()
+    return cache[key]
+
+
+def item_sq_norms(bank: torch.Tensor) -> torch.Tensor:
+    """Squared norms of a bank's items in float32, ``[M]`` (cached per bank tensor)."""
+    return derived(bank, ("sq_norms",), lambda: torch.cat([
+        torch.linalg.vector_norm(chunk.float(), dim=1).square()
+        for chunk in bank.reshape(bank.shape[0], -1).split(256)]))
 
 
 def per_image(value, batch: int, device) -> torch.Tensor:
@@ -72,7 +108,9 @@ def kernel_pass(x: torch.Tensor, bandwidth, bank: torch.Tensor, *, squared: bool
     width = queries.shape[1]
     inv_two_h2 = 0.5 / per_image(bandwidth, batch, x.device).square()
     query_sq = queries.square().sum(1, keepdim=True)
+    norms = item_sq_norms(bank)
     rows = chunk_rows or max(MIN_CHUNK_ROWS, CHUNK_BYTES // (4 * width))
+    skip_negligible = x.device.type == "cpu"
 
     run_max = torch.full((batch,), -math.inf, device=x.device)
     run_sum = torch.zeros(batch, device=x.device)
@@ -80,13 +118,17 @@ def kernel_pass(x: torch.Tensor, bandwidth, bank: torch.Tensor, *, squared: bool
     min_sq = torch.full((batch,), math.inf, device=x.device)
     for start in range(0, count, rows):
         chunk = items[start:start + rows].float()
-        sq = torch.addmm(query_sq + chunk.square().sum(1), queries, chunk.T, alpha=-2).clamp_(min=0)
+        sq = torch.addmm(query_sq + norms[start:start + rows], queries, chunk.T, alpha=-2).clamp_(min=0)
         min_sq = torch.minimum(min_sq, sq.amin(1))
         score = -(sq if squared else sq.sqrt()) * inv_two_h2[:, None]
         new_max = torch.maximum(run_max, score.amax(1))
         rescale = torch.exp(run_max - new_max)
         weights = torch.exp(score - new_max[:, None])
         run_sum = run_sum * rescale + weights.sum(1)
+        if skip_negligible:
+            kept = (score > new_max[:, None] - NEGLIGIBLE_LOG_WEIGHT).any(0).nonzero().squeeze(1)
+            if kept.numel() < chunk.shape[0]:
+                weights, chunk = weights[:, kept], chunk.index_select(0, kept)
         weighted = torch.addmm(weighted * rescale[:, None], weights, chunk)
         run_max = new_max
     return KernelPass(weighted / run_sum[:, None], run_max + run_sum.log(), min_sq)

@@ -33,13 +33,12 @@ Modes (``MODES``; the alias ``"default"`` resolves to ``DEFAULT_MODE``):
 from __future__ import annotations
 
 import math
-import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
-from .kernel import KernelPass, kernel_pass, log_density
+from .kernel import KernelPass, derived, kernel_pass, log_density
 from .latent_bank import LatentBank
 
 
@@ -115,35 +114,26 @@ class Mode:
 
 # ---- derived per-bank values, cached on the bank's adapted view --------------------------------------
 
-_derived: dict[int, dict] = {}  # by id of a live view; tensors compare elementwise, so no WeakKeyDictionary
-
-
-def derived(view: torch.Tensor, key: tuple, compute: Callable[[], Any]):
-    """``compute()`` once per adapted bank view and ``key`` (views are rebuilt when a bank is edited)."""
-    cache = _derived.get(id(view))
-    if cache is None:
-        cache = _derived[id(view)] = {}
-        weakref.finalize(view, _derived.pop, id(view), None)
-    if key not in cache:
-        cache[key] = compute()
-    return cache[key]
-
-
 def item_spread_sq(view: torch.Tensor, sample: int = 64) -> float:
     """Per-element variance ``s^2`` of the bank's items around their own location.
 
     Estimated as the median, over up to ``sample`` evenly spaced items, of the squared distance to the
-    nearest *other* item divided by ``2 D`` (two independent draws from ``N(mu, s^2 I)`` lie ``2 s^2 D``
-    apart). It is what turns the delta-mixture into a smoothed kernel density ``N(x_n, s^2 I)`` that
-    generalises beyond a small bank. A single-item bank has no spread: 0.
+    nearest other item divided by ``2 D`` (two independent draws from ``N(mu, s^2 I)`` lie ``2 s^2 D``
+    apart). It turns the delta-mixture into a smoothed kernel density ``N(x_n, s^2 I)`` that generalises
+    beyond a small bank. Large banks take one pass (the sampled items against the others), small ones
+    leave one out. A single-item bank has no spread: 0.
     """
     count = view.shape[0]
     if count < 2:
         return 0.0
-    picks = torch.linspace(0, count - 1, min(sample, count)).round().long().unique().tolist()
-    nearest = [kernel_pass(view[i:i + 1], 1.0, torch.cat([view[:i], view[i + 1:]])).min_sq_distance
-               for i in picks]
-    return float(torch.cat(nearest).median()) / (2 * view[0].numel())
+    if count > 2 * sample:
+        picked = torch.zeros(count, dtype=torch.bool, device=view.device)
+        picked[torch.linspace(0, count - 1, sample).round().long()] = True
+        nearest = kernel_pass(view[picked], 1.0, view[~picked]).min_sq_distance
+    else:
+        nearest = torch.cat([kernel_pass(view[i:i + 1], 1.0, torch.cat([view[:i], view[i + 1:]])).min_sq_distance
+                             for i in range(count)])
+    return float(nearest.median()) / (2 * view[0].numel())
 
 
 def channel_moments(view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -150,7 +150,13 @@ def test_a_crash_mid_sampling_leaves_nothing_behind(webui, tmp_path):
         webui.txt2img(**request, safe_denoiser=wf.args(window_end=1.0))
     model.apply_model = original
     assert host.registered_callback_count(CFG_HOOKS.on_cfg_after_cfg) == 1  # postprocess never ran
+    from modules import script_callbacks
+
+    during = []
+    script_callbacks.on_cfg_denoiser(
+        lambda params: during.append(host.registered_callback_count(CFG_HOOKS.on_cfg_denoiser)))
     after_crash = webui.txt2img(**request)
+    assert during and set(during) == {0}  # the next generation's process removed the leftovers first
     assert host.registered_callback_count(CFG_HOOKS.on_cfg_after_cfg) == 0
     fresh = wf.start(tmp_path / "fresh").txt2img(**request)
     assert torch.equal(after_crash["p"].latents[0], fresh["p"].latents[0])

@@ -20,9 +20,9 @@ BANK = "digit-3"
 
 @functools.lru_cache(maxsize=1)
 def _checkpoint():
-    from lib_safedenoise.digits import checkpoint
+    from lib_safedenoise import digits
 
-    return checkpoint.load_model(), checkpoint.load_evaluator()
+    return digits.load_model().eval(), digits.load_evaluator().eval()
 
 
 def load_sd_model():

@@ -1,0 +1,318 @@
+"""Bank operations, as the "Safe Denoiser" tab and the HTTP API perform them.
+
+``BankService`` is the one implementation of listing, inspecting, building, importing, exporting, renaming
+and deleting banks, with the rules both front ends obey: enforced banks are never deleted, renamed or
+replaced; encoding takes the WebUI's queue lock (no generation or model swap runs meanwhile); uploads are
+decoded from memory. ``Backend`` is what the service needs from the WebUI, as plain callables
+(``Backend.from_host`` wires them to ``lib_safedenoise.host``), so it runs the same outside the WebUI.
+
+``register_routes`` adds the HTTP routes under ``ROUTE_PREFIX`` to the WebUI's FastAPI app, with the same
+dependencies (``--api-auth``) as the WebUI's own API routes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import shutil
+import tempfile
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Iterable, List, Optional
+
+from pydantic import BaseModel, Field
+
+from lib_safedenoise import extension
+from lib_safedenoise.bank_store import BankStore
+from lib_safedenoise.bankfile import BANK_SUFFIX, BankError
+from lib_safedenoise.builder import BuildReport, Progress, sanitize_name
+from lib_safedenoise.encoders import Encoder
+from lib_safedenoise.presets import PRESET_SUFFIX, Preset
+
+ROUTE_PREFIX = "/safe-denoiser/v1"
+CARD_FIELDS = ("title", "description", "author", "license", "usage_hint")
+
+
+@dataclass(frozen=True)
+class Backend:
+    store: Callable[[], BankStore]
+    encoder: Callable[[], Encoder]  # the loaded model's VAE; raises BankError when there is none
+    model_space: Callable[[], str | None]  # latent space of the loaded model, None when none is loaded
+    enforced: Callable[[], tuple[str, ...]]
+    guard_change: Callable[[str], None]  # raises extension.EnforcementError for an enforced bank
+    gpu_lock: Callable[[], ContextManager]
+    folder_inputs_allowed: Callable[[], bool]
+    api_writes_allowed: Callable[[], bool]
+    last_report: Callable[[], dict]
+    mode_names: Callable[[], list[str]]
+    default_enabled: Callable[[], bool]
+    default_banks: Callable[[], list[str]]
+
+    @classmethod
+    def from_host(cls) -> "Backend":
+        from lib_safedenoise import host
+
+        return cls(store=host.bank_store, encoder=host.webui_vae_encoder, model_space=host.loaded_latent_space,
+                   enforced=host.enforced_bank_names, guard_change=host.guard_bank_change,
+                   gpu_lock=host.queue_lock, folder_inputs_allowed=host.folder_inputs_allowed,
+                   api_writes_allowed=host.api_writes_allowed, last_report=extension.last_report,
+                   mode_names=host.mode_names,
+                   default_enabled=lambda: bool(host.opts_value(extension.SETTING_DEFAULT_ENABLED, False)),
+                   default_banks=lambda: list(extension.parse_bank_list(
+                       host.opts_value(extension.SETTING_DEFAULT_BANKS, []))))
+
+
+class BankNotFound(BankError):
+    pass
+
+
+class BankService:
+    def __init__(self, backend: Backend):
+        self.backend = backend
+        self._cancels: set[threading.Event] = set()
+        self._exports: Path | None = None
+
+    # ------------------------------------------------------------------ reading
+
+    def is_enforced(self, name: str) -> bool:
+        try:
+            self.backend.guard_change(name)
+        except extension.EnforcementError:
+            return True
+        return False
+
+    def names(self) -> list[str]:
+        return self.backend.store().names()
+
+    def list(self) -> list[dict[str, Any]]:
+        """Every bank with its card, size, latent space, compatibility with the loaded model, enforcement."""
+        space = self.backend.model_space()
+        return [entry.as_dict() | {"enforced": self.is_enforced(entry.name)}
+                for entry in self.backend.store().list(space_id=space)]
+
+    def inspect(self, name: str) -> dict[str, Any]:
+        store = self._store_with(name)
+        data = store.inspect(name)
+        space = self.backend.model_space()
+        if space is not None:
+            entry = store.entry(name, space_id=space)
+            data.update(compatible=entry.compatible, compatibility=entry.compatibility)
+        return data | {"enforced": self.is_enforced(name)}
+
+    def _store_with(self, name: str) -> BankStore:
+        store = self.backend.store()
+        if not store.path_of(name).is_file():
+            raise BankNotFound(f"no bank named {name!r} (banks: {', '.join(store.names()) or 'none'})")
+        return store
+
+    # ------------------------------------------------------------------ writing
+
+    def _guard_target(self, name: str) -> str:
+        """The sanitised name a write will produce, after refusing enforced names."""
+        clean = sanitize_name(name)
+        self.backend.guard_change(clean)
+        return clean
+
+    def build(self, sources: Iterable[Any], name: str, *, overwrite: bool = False,
+              progress: Progress | None = None, card: dict[str, str] | None = None) -> BuildReport:
+        """Encode ``sources`` (``(file name, bytes)`` uploads, or paths) with the loaded model's VAE.
+
+        The WebUI's queue lock is held for the whole build, so every image is encoded by the same model.
+        """
+        clean = self._guard_target(name)
+        store = self.backend.store()
+        if store.path_of(clean).exists() and not overwrite:
+            raise BankError(f"a bank named {clean!r} already exists (tick 'replace' to rebuild it)")
+        cancel = threading.Event()
+        self._cancels.add(cancel)
+        try:
+            with self.backend.gpu_lock():
+                encoder = self.backend.encoder()
+                return store.build(list(sources), encoder, clean, overwrite=overwrite, progress=progress,
+                                   cancel=cancel, **{k: v for k, v in (card or {}).items() if v})
+        finally:
+            self._cancels.discard(cancel)
+
+    def build_from_folder(self, folder: str, name: str, **options: Any) -> BuildReport:
+        if not self.backend.folder_inputs_allowed():
+            raise PermissionError("reading server folders is disabled on this server (--hide-ui-dir-config, "
+                                  "or --listen without --enable-insecure-extension-access)")
+        path = Path(folder).expanduser()
+        if not path.is_dir():
+            raise BankError(f"{folder!r} is not a folder on the server")
+        return self.build([path], name, **options)
+
+    def cancel_builds(self) -> int:
+        for cancel in list(self._cancels):
+            cancel.set()
+        return len(self._cancels)
+
+    def rename(self, old: str, new: str) -> str:
+        store = self._store_with(old)
+        self.backend.guard_change(old)
+        return store.rename(old, self._guard_target(new))
+
+    def delete(self, name: str) -> None:
+        store = self._store_with(name)
+        self.backend.guard_change(name)
+        store.delete(name)
+
+    def read_preset(self, path: str | Path) -> Preset:
+        """The card of a bank or ``.preset.json`` file; nothing is installed."""
+        return self.backend.store().read_preset(path)
+
+    def install_preset(self, path: str | Path, *, name: str | None = None, overwrite: bool = False) -> str:
+        store = self.backend.store()
+        preset = store.read_preset(path)
+        if preset.kind == "settings":
+            target = store.find_by_hash(preset.bank_hash)
+            if target is not None:
+                self.backend.guard_change(target)
+        else:
+            self._guard_target(name or preset_stem(Path(path).name))
+        return store.install_preset(path, name=name, overwrite=overwrite)
+
+    def export(self, name: str, *, settings_only: bool = False) -> Path:
+        """Write the bank (or its settings-only preset) to a fresh temporary folder; the previous export's
+        folder is removed."""
+        store = self._store_with(name)
+        if self._exports is not None:
+            shutil.rmtree(self._exports, ignore_errors=True)
+        self._exports = Path(tempfile.mkdtemp(prefix="safe-denoiser-export-"))
+        clean = sanitize_name(name)
+        return store.export(name, self._exports / (clean + (PRESET_SUFFIX if settings_only else BANK_SUFFIX)),
+                            settings_only=settings_only)
+
+
+def preset_stem(file_name: str) -> str:
+    for suffix in (PRESET_SUFFIX, BANK_SUFFIX, ".json"):
+        if file_name.endswith(suffix):
+            return file_name[:-len(suffix)]
+    return file_name
+
+
+def decode_base64(data: str, what: str) -> bytes:
+    """Bytes of a base64 string, with or without a ``data:...;base64,`` prefix."""
+    payload = re.sub(r"^data:[^,]*;base64,", "", data.strip())
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise BankError(f"{what} is not valid base64") from None
+
+
+@contextmanager
+def uploaded_file(file_name: str, data: bytes):
+    """``data`` as a file named ``file_name`` in a private temporary folder, removed afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix="safe-denoiser-upload-"))
+    try:
+        path = folder / Path(file_name).name
+        path.write_bytes(data)
+        yield path
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- HTTP routes
+
+class UploadedImage(BaseModel):
+    name: str = Field("", description="file name, for the per-file report")
+    data: str = Field(..., description="base64 image bytes (a data: URL prefix is accepted)")
+
+
+class BuildRequest(BaseModel):
+    name: str
+    images: List[UploadedImage]
+    overwrite: bool = False
+    title: str = ""
+    description: str = ""
+    author: str = ""
+    license: str = ""
+    usage_hint: str = ""
+
+
+class ImportRequest(BaseModel):
+    filename: str = Field(..., description="*.safetensors (bank preset) or *.preset.json (settings only)")
+    data: str = Field(..., description="base64 file bytes")
+    name: Optional[str] = None
+    overwrite: bool = False
+    preview: bool = Field(False, description="only read and return the card; install nothing")
+
+
+class RenameRequest(BaseModel):
+    new_name: str
+
+
+def register_routes(app, service: BankService, dependencies: list) -> None:
+    """The bank routes under ``ROUTE_PREFIX``, guarded by ``dependencies`` (the WebUI's API auth)."""
+    from fastapi import APIRouter, HTTPException
+
+    def call(operation: Callable[[], Any], *, writes: bool = False) -> Any:
+        if writes and not service.backend.api_writes_allowed():
+            raise HTTPException(403, "bank changes through the API are disabled on this server: it is reachable "
+                                     "from other machines; start it with --api-auth or "
+                                     "--enable-insecure-extension-access")
+        try:
+            return operation()
+        except extension.EnforcementError as error:
+            raise HTTPException(403, str(error)) from None
+        except BankNotFound as error:
+            raise HTTPException(404, str(error)) from None
+        except (BankError, ValueError) as error:
+            detail: dict[str, Any] = {"error": str(error)}
+            report = getattr(error, "report", None)
+            if report is not None:
+                detail["report"] = report.as_dict()
+            raise HTTPException(400, detail) from None
+
+    def list_banks() -> list:
+        return call(service.list)
+
+    def inspect_bank(name: str) -> dict:
+        return call(lambda: service.inspect(name))
+
+    def build_bank(request: BuildRequest) -> dict:
+        def build() -> dict:
+            uploads = [(image.name or f"image {i}", decode_base64(image.data, f"images[{i}].data"))
+                       for i, image in enumerate(request.images)]
+            card = {key: getattr(request, key) for key in CARD_FIELDS}
+            return service.build(uploads, request.name, overwrite=request.overwrite, card=card).as_dict()
+        return call(build, writes=True)
+
+    def import_preset(request: ImportRequest) -> dict:
+        def install() -> dict:
+            with uploaded_file(request.filename, decode_base64(request.data, "data")) as path:
+                preset = service.read_preset(path)
+                result = {"card": preset.as_dict() | {"path": request.filename}, "installed": None}
+                if not request.preview:
+                    result["installed"] = service.install_preset(path, name=request.name,
+                                                                 overwrite=request.overwrite)
+                return result
+        return call(install, writes=not request.preview)
+
+    def export_bank(name: str, settings_only: bool = False) -> dict:
+        def export() -> dict:
+            path = service.export(name, settings_only=settings_only)
+            return {"filename": path.name, "data": base64.b64encode(path.read_bytes()).decode("ascii")}
+        return call(export)
+
+    def rename_bank(name: str, request: RenameRequest) -> dict:
+        return call(lambda: {"name": service.rename(name, request.new_name)}, writes=True)
+
+    def delete_bank(name: str) -> dict:
+        def delete() -> dict:
+            service.delete(name)
+            return {"deleted": sanitize_name(name)}
+        return call(delete, writes=True)
+
+    router = APIRouter(prefix=ROUTE_PREFIX, dependencies=dependencies, tags=["Safe Denoiser"])
+    router.add_api_route("/banks", list_banks, methods=["GET"])
+    router.add_api_route("/banks", build_bank, methods=["POST"])
+    router.add_api_route("/banks/{name}", inspect_bank, methods=["GET"])
+    router.add_api_route("/banks/{name}", delete_bank, methods=["DELETE"])
+    router.add_api_route("/banks/{name}/export", export_bank, methods=["GET"])
+    router.add_api_route("/banks/{name}/rename", rename_bank, methods=["POST"])
+    router.add_api_route("/import", import_preset, methods=["POST"])
+    app.include_router(router)

@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m lib_safedenoise.bench speed ...`` and ``python -m lib_safedenoise.bench efficacy ...``."""

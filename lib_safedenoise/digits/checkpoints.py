@@ -1,0 +1,94 @@
+"""The committed checkpoints (safetensors only) and their loaders.
+
+Each file stores the network's state dict and string metadata: ``kind``, the architecture numbers, the
+training seed and iterations, and the fingerprint of the data split it was trained with; loading checks
+that fingerprint against the split recomputed now, so a changed split can never mix training and
+evaluation digits unnoticed.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file, safe_open
+
+from .data import digit_split
+from .evaluator import DigitClassifier
+from .model import DigitsLatentDiffusion
+from .network import EpsUNet
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+FILES = {"denoiser": "denoiser.safetensors", "memorizer": "memorizer.safetensors",
+         "evaluator": "evaluator.safetensors"}
+
+
+def save_checkpoint(module: torch.nn.Module, path: Path, metadata: dict) -> None:
+    """Write atomically: a crash mid-write leaves the previous file intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {name: tensor.detach().contiguous().cpu() for name, tensor in module.state_dict().items()}
+    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(handle)
+    try:
+        save_file(tensors, temporary, metadata={key: str(value) for key, value in metadata.items()})
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+def read_metadata(path: Path) -> dict:
+    with safe_open(str(path), framework="pt") as handle:
+        return dict(handle.metadata() or {})
+
+
+def _load(path: Path, kind: str) -> tuple[dict, dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no {kind} checkpoint at {path}; run `python -m lib_safedenoise.digits.train`")
+    metadata = read_metadata(path)
+    if metadata.get("kind") != kind:
+        raise ValueError(f"{path} holds a {metadata.get('kind')!r} checkpoint, not a {kind!r} one")
+    expected = digit_split(int(metadata["split_seed"])).fingerprint()
+    if metadata.get("split") != expected:
+        raise ValueError(f"{path} was trained on data split {metadata.get('split')}, but the split is now "
+                         f"{expected}: retrain with `python -m lib_safedenoise.digits.train`")
+    return load_file(str(path)), metadata
+
+
+def load_diffusion(path: Path, kind: str = "denoiser") -> DigitsLatentDiffusion:
+    tensors, metadata = _load(path, kind)
+    network = EpsUNet(**json.loads(metadata["architecture"]))
+    network.load_state_dict(tensors)
+    return DigitsLatentDiffusion(network, metadata).eval().requires_grad_(False)
+
+
+def load_classifier(path: Path) -> DigitClassifier:
+    tensors, metadata = _load(path, "evaluator")
+    classifier = DigitClassifier()
+    classifier.load_state_dict(tensors)
+    classifier.metadata = metadata
+    return classifier.eval().requires_grad_(False)
+
+
+@functools.lru_cache(maxsize=None)
+def load_model() -> DigitsLatentDiffusion:
+    """The committed class-conditional digits model (cached; treat as read-only)."""
+    return load_diffusion(WEIGHTS_DIR / FILES["denoiser"], "denoiser")
+
+
+@functools.lru_cache(maxsize=None)
+def load_memorizer() -> DigitsLatentDiffusion:
+    """The committed model trained on 20 digits until it reproduces them (cached)."""
+    return load_diffusion(WEIGHTS_DIR / FILES["memorizer"], "memorizer")
+
+
+@functools.lru_cache(maxsize=None)
+def load_evaluator() -> DigitClassifier:
+    """The committed evaluator classifier (cached)."""
+    return load_classifier(WEIGHTS_DIR / FILES["evaluator"])

@@ -1,0 +1,294 @@
+"""A real WebUI (AUTOMATIC1111 v1.10.x or Forge) started for the integration suite, and its HTTP API.
+
+The server runs from ``SD_WEBUI_DIR`` with ``SD_WEBUI_PYTHON`` on a free loopback port. Everything it writes
+(``config.json``, ``ui-config.json``, ``params.txt``, outputs, the bank folder, our extension's link) goes into a
+temporary ``--data-dir``; the only files left in the WebUI root are those the WebUI writes there itself whatever
+the data dir (``config_states/``, ``__pycache__``), and ``WebUIServer.stop`` removes those it created.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+EXTENSION_LINK_NAME = "sd-webui-safe-denoiser"
+SCRIPT_TITLE = "Safe Denoiser"
+SCRIPT_API_NAME = SCRIPT_TITLE.lower()  # /sdapi/v1/scripts lists titles lowercased
+START_TIMEOUT_S = float(os.environ.get("SD_WEBUI_START_TIMEOUT", "300"))
+REQUEST_TIMEOUT_S = 600.0
+
+A1111, FORGE = "a1111", "forge"
+
+
+@dataclass(frozen=True)
+class WebUIConfig:
+    """The suite's settings, read from the environment (see tests/webui/README.md)."""
+
+    root: Path
+    python: Path
+    ckpt: Path | None
+    hf_home: Path | None
+    extra_args: tuple[str, ...] = ()
+
+    @property
+    def kind(self) -> str:
+        return FORGE if (self.root / "modules_forge").is_dir() else A1111
+
+    @classmethod
+    def from_environment(cls) -> "WebUIConfig | str":
+        """The configuration, or the reason the suite is skipped."""
+        root, python = os.environ.get("SD_WEBUI_DIR"), os.environ.get("SD_WEBUI_PYTHON")
+        if not root or not python:
+            return "real-WebUI suite: set SD_WEBUI_DIR (a WebUI root) and SD_WEBUI_PYTHON (its interpreter)"
+        config = cls(Path(root).resolve(), Path(python), _optional_path("SD_WEBUI_CKPT"),
+                     _optional_path("SD_WEBUI_HF_HOME"), tuple(os.environ.get("SD_WEBUI_ARGS", "").split()))
+        if not (config.root / "launch.py").is_file():
+            return f"SD_WEBUI_DIR={root} is not a WebUI root (no launch.py)"
+        if not config.python.is_file():
+            return f"SD_WEBUI_PYTHON={python} does not exist"
+        if config.ckpt is not None and not config.ckpt.is_file():
+            return f"SD_WEBUI_CKPT={config.ckpt} does not exist"
+        if config.kind == FORGE and config.ckpt is None:
+            return "Forge has no empty test checkpoint: set SD_WEBUI_CKPT to a real (e.g. random-weights) one"
+        return config
+
+
+def _optional_path(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value).resolve() if value else None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def decode_image(b64: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB"))
+
+
+def encode_image(pixels: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+@dataclass
+class Generation:
+    """One API answer: decoded images, the parsed ``info`` and its infotexts."""
+
+    images: list[np.ndarray]
+    info: dict
+    raw: dict = field(repr=False)
+
+    @property
+    def infotexts(self) -> list[str]:
+        return self.info["infotexts"]
+
+    @property
+    def report(self) -> dict | None:
+        return self.info.get("extra_generation_params", {}).get("Safe Denoiser report")
+
+
+class WebUIServer:
+    """One WebUI process with our working tree linked in as an extension."""
+
+    def __init__(self, config: WebUIConfig, data_dir: Path, extra_args: tuple[str, ...] = ()):
+        self.config = config
+        self.data_dir = data_dir
+        self.extra_args = tuple(extra_args)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = data_dir / f"webui-{self.port}.log"
+        self.process: subprocess.Popen | None = None
+        self.client = httpx.Client(base_url=self.url, timeout=REQUEST_TIMEOUT_S)
+        self._root_entries_before: set[str] = set()
+
+    # ------------------------------------------------------------------ paths
+
+    @property
+    def extension_link(self) -> Path:
+        return self.data_dir / "extensions" / EXTENSION_LINK_NAME
+
+    @property
+    def bank_dir(self) -> Path:
+        """``<models dir>/safe-denoiser``, the extension's default bank folder (host.default_bank_dir)."""
+        return self.data_dir / "models" / "safe-denoiser"
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+                   HF_HUB_DISABLE_TELEMETRY="1", GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
+        if self.config.hf_home is not None:
+            env.update(HF_HOME=str(self.config.hf_home), HF_HUB_CACHE=str(self.config.hf_home / "hub"),
+                       HUGGINGFACE_HUB_CACHE=str(self.config.hf_home / "hub"))
+        for name in ("SD_WEBUI_DIR", "SD_WEBUI_PYTHON", "SD_WEBUI_CKPT", "SD_WEBUI_ARGS", "VIRTUAL_ENV",
+                     "PYTHONPATH", "PYTEST_ADDOPTS", "PYTEST_CURRENT_TEST"):
+            env.pop(name, None)
+        return env
+
+    def command(self) -> list[str]:
+        common = ["launch.py", "--skip-prepare-environment", "--skip-torch-cuda-test", "--skip-version-check",
+                  "--do-not-download-clip", "--no-download-sd-model", "--api", "--api-server-stop",
+                  "--server-name", "127.0.0.1", "--port", str(self.port), "--data-dir", str(self.data_dir)]
+        if self.config.kind == FORGE:
+            host = ["--always-cpu", "--skip-python-version-check"]
+        else:
+            host = ["--test-server", "--no-half", "--disable-opt-split-attention", "--use-cpu", "all"]
+        ckpt = ["--ckpt", str(self.config.ckpt)] if self.config.ckpt is not None else []
+        return [str(self.config.python), *common, *host, *ckpt, *self.config.extra_args, *self.extra_args]
+
+    # ------------------------------------------------------------------ life cycle
+
+    def start(self) -> None:
+        self._root_entries_before = set(os.listdir(self.config.root))
+        self.extension_link.parent.mkdir(parents=True, exist_ok=True)
+        self.extension_link.symlink_to(REPO_ROOT, target_is_directory=True)
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(self.command(), cwd=self.config.root, env=self.environment(),
+                                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            start_new_session=True)
+        try:
+            self._wait_until_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_until_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        marker = "Startup time" if self.config.kind == FORGE else "Model loaded"
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the WebUI exited with {self.process.returncode} while starting:\n{self.log_tail()}")
+            if marker in self.log():
+                try:
+                    if self.client.get("/sdapi/v1/sd-models", timeout=5).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+            time.sleep(1)
+        else:
+            raise RuntimeError(f"the WebUI was not ready after {START_TIMEOUT_S:.0f} s:\n{self.log_tail()}")
+        if self.config.kind == FORGE:  # Forge loads the model on the first generation
+            self.txt2img(steps=1)
+
+    def stop(self) -> None:
+        """Stop the process this object started (API route, then signals to its own process group) and
+        remove what the run added to the WebUI root and the data dir's extensions folder."""
+        try:
+            if self.process is not None and self.process.poll() is None:
+                route = "/sdapi/v1/server-kill" if self.config.kind == FORGE else "/sdapi/v1/server-stop"
+                try:
+                    self.client.post(route, timeout=5)
+                except httpx.HTTPError:
+                    pass  # server-kill exits before it answers
+                self._wait_exit(30)
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+                    if self.process.poll() is not None:
+                        break
+                    try:
+                        os.killpg(self.process.pid, sig)
+                    except ProcessLookupError:
+                        break
+                    self._wait_exit(10)
+        finally:
+            self.client.close()
+            if self.extension_link.is_symlink():
+                self.extension_link.unlink()
+            for entry in set(os.listdir(self.config.root)) - self._root_entries_before:
+                path = self.config.root / entry
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+
+    def _wait_exit(self, seconds: float) -> None:
+        try:
+            self.process.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
+
+    # ------------------------------------------------------------------ API
+
+    def get(self, route: str) -> Any:
+        response = self.client.get(route)
+        response.raise_for_status()
+        return response.json()
+
+    def post(self, route: str, payload: dict) -> httpx.Response:
+        return self.client.post(route, json=payload)
+
+    def generate(self, route: str, payload: dict) -> Generation:
+        response = self.post(route, payload)
+        if response.status_code != 200:
+            raise AssertionError(f"{route} answered {response.status_code}: {response.text[:2000]}\n"
+                                 f"--- server log ---\n{self.log_tail()}")
+        raw = response.json()
+        return Generation([decode_image(b64) for b64 in raw["images"]], json.loads(raw["info"]), raw)
+
+    def txt2img(self, **payload) -> Generation:
+        return self.generate("/sdapi/v1/txt2img", base_payload(payload))
+
+    def img2img(self, **payload) -> Generation:
+        return self.generate("/sdapi/v1/img2img", base_payload(payload))
+
+    def run_python(self, code: str, *args: str, timeout: float = 300) -> str:
+        """Run ``code`` in the WebUI's interpreter with its root on ``sys.path`` and its options initialised
+        (``shared_init.initialize``, reading this run's data dir); returns stdout."""
+        prelude = ("import sys; sys.path.insert(0, '.'); "
+                   f"sys.argv = ['webui-suite', '--data-dir', {str(self.data_dir)!r}]; "
+                   "from modules import shared_init; shared_init.initialize()\n")
+        result = subprocess.run([str(self.config.python), "-c", prelude + code, *args], cwd=self.config.root,
+                                env=dict(self.environment(), PYTHONDONTWRITEBYTECODE="1"),
+                                capture_output=True, text=True, timeout=timeout)
+        if result.returncode != 0:
+            raise AssertionError(f"WebUI python snippet failed ({result.returncode}):\n{result.stderr[-4000:]}")
+        return result.stdout
+
+    def parse_infotext(self, infotext: str) -> dict:
+        """The WebUI's own parser: ``modules.infotext_utils.parse_generation_parameters``."""
+        out = self.run_python(
+            "import json\nfrom modules.infotext_utils import parse_generation_parameters\n"
+            "print('PARSED=' + json.dumps(parse_generation_parameters(sys.argv[1]), default=str))", infotext)
+        return json.loads(next(line for line in out.splitlines() if line.startswith("PARSED="))[7:])
+
+
+def base_payload(payload: dict) -> dict:
+    """The suite's small, deterministic request (64x64, 4 steps, fixed seed) with ``payload`` on top."""
+    return {"prompt": "a cat", "negative_prompt": "", "steps": 4, "width": 64, "height": 64,
+            "sampler_name": "Euler a", "cfg_scale": 7, "seed": 1234, "batch_size": 1, "n_iter": 1,
+            "save_images": False, "send_images": True, **payload}
+
+
+def script_args(enabled: bool = True, banks=(), strengths="", mode: str = "paper", bandwidth: float = 0.0,
+                window_start: float = 0.0, window_end: float = 1.0, threshold: float = -1.0) -> dict:
+    """``alwayson_scripts`` entry for our script, in the documented positional order
+    (lib_safedenoise/generation_args.py)."""
+    return {SCRIPT_TITLE: {"args": [enabled, list(banks), strengths, mode, bandwidth, window_start, window_end,
+                                    threshold]}}
+
+
+def expected_fired_steps(steps: int, window: tuple[float, float]) -> list[int]:
+    """1-based sampler steps inside ``window``: step ``i`` (0-based) of ``steps`` sits at ``i / (steps-1)``."""
+    return [i + 1 for i in range(steps) if window[0] <= (i / (steps - 1) if steps > 1 else 0.0) <= window[1]]
