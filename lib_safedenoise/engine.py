@@ -24,8 +24,9 @@ from .schedule import in_window, validate_window
 class StepRecord:
     """What happened to one image at one sampler step.
 
-    ``beta`` and ``nearest_distance`` are summed / minimised over the negation banks (``None`` outside the
-    window, where nothing is computed); ``banks`` holds the per-bank values in the order given.
+    ``beta`` (each mode's estimate, whether or not its gate let it act) and ``nearest_distance`` are summed /
+    minimised over the negation banks (``None`` outside the window, where nothing is computed); ``banks``
+    holds the per-bank values in the order given.
     """
 
     step: int

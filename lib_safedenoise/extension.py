@@ -33,11 +33,9 @@ SETTING_DEFAULT_ENABLED = "safe_denoiser_default_enabled"
 SETTING_DEFAULT_BANKS = "safe_denoiser_default_banks"
 SETTING_ENFORCED_BANKS = "safe_denoiser_enforced_banks"
 SETTING_HIDE_PREVIEWS = "safe_denoiser_hide_previews_when_enforced"
-SETTINGS_KEYS = (SETTING_BANK_DIR, SETTING_DEFAULT_ENABLED, SETTING_DEFAULT_BANKS, SETTING_ENFORCED_BANKS,
-                 SETTING_HIDE_PREVIEWS)
 
-# Launch flag (registered by the repository's preload.py); argparse stores it as ``cmd_opts.safe_denoiser_enforce``.
-ENFORCE_FLAG = "--safe-denoiser-enforce"
+# The launch flag ``--safe-denoiser-enforce BANK[,BANK]`` (registered by the repository's preload.py, which
+# the WebUI loads by path before this package is importable) lands in ``cmd_opts`` under this name.
 ENFORCE_CMD_OPT = "safe_denoiser_enforce"
 
 # Options an API client must not change while banks are enforced: our own enforced list, and the two
@@ -358,6 +356,12 @@ class GenerationSession:
         """JSON-serialisable per-image report for the API response and the status line."""
         return {
             "engine": ENGINE_VERSION,
+            "corrections": [
+                {"enforced": spec.enforced, "mode": mode_name,
+                 "window": [spec.args.window_start, spec.args.window_end],
+                 "banks": [{"name": n.bank.name, "short_hash": n.bank.short_hash, "strength": n.strength}
+                           for n in spec.negations]}
+                for spec, mode_name in zip(self.specs, self.mode_names())],
             "problems": list(self.problems),
             "images": {
                 str(image_id): {
@@ -636,8 +640,17 @@ def end_generation(p) -> None:
         host.remove_cfg_callbacks(CFG_HOOKS.on_cfg_denoiser, CFG_HOOKS.on_cfg_after_cfg)
     if session is not None:
         report = session.report()
-        p.extra_generation_params[REPORT_KEY] = report  # Processed.js() holds the same dict
+        p.extra_generation_params[REPORT_KEY] = ApiOnlyValue(report)  # Processed.js() holds the same dict
         remember_report(report)
+
+
+class ApiOnlyValue(dict):
+    """A dict that ``Processed.js()`` serialises like any other but that never enters an infotext:
+    ``create_infotext`` calls callable values and leaves out those that return None (modules/processing.py),
+    so an infotext rebuilt after the generation (e.g. for a grid) stays short."""
+
+    def __call__(self, **_):
+        return None
 
 
 def protect_enforcement(*_) -> None:

@@ -379,20 +379,32 @@ def register_tab_callbacks(*, ui_tabs: Callable, ui_settings: Callable, app_star
 
 
 def add_settings(section: tuple[str, str], options: Sequence[tuple[str, Any, str, dict]]) -> None:
-    """Register settings ``(key, default, label, extra)``; ``extra`` holds ``OptionInfo`` keyword arguments
-    plus ``info`` (a hint) and ``multiselect_choices`` (a callable: a multi-select of those choices)."""
+    """Register settings ``(key, default, label, extra)``. ``extra`` holds ``OptionInfo`` keyword arguments
+    and: ``info`` (a hint), ``multiselect_choices`` (a callable: the setting is a multi-select of them),
+    ``reload_ui`` (takes effect on Reload UI), ``folder`` (a server path: hidden, and refused by
+    ``Options.__setattr__``, under ``--hide-ui-dir-config``, like the WebUI's own output folders)."""
     from modules import shared
 
+    hide_folders = cmd_opt("hide_ui_dir_config", False)
     for key, default, label, extra in options:
         extra = dict(extra)
         info_text = extra.pop("info", None)
         choices = extra.pop("multiselect_choices", None)
+        reload_ui = extra.pop("reload_ui", False)
+        if extra.pop("folder", False) and hide_folders:
+            extra["component_args"] = {"visible": False}
+            restricted = getattr(shared.opts, "restricted_opts", None)
+            if isinstance(restricted, set):
+                restricted.add(key)
         if choices is not None:
-            from modules.ui_components import DropdownMulti
+            import gradio as gr
 
-            extra.update(component=DropdownMulti, component_args=lambda choices=choices: {"choices": choices()})
+            extra.update(component=gr.Dropdown,
+                         component_args=lambda choices=choices: {"choices": choices(), "multiselect": True})
         option = shared.OptionInfo(default, label, section=section, **extra)
-        shared.opts.add_option(key, option.info(info_text) if info_text else option)
+        if info_text:
+            option = option.info(info_text)
+        shared.opts.add_option(key, option.needs_reload_ui() if reload_ui else option)
 
 
 def api_auth_dependencies(app) -> list | None:

@@ -22,6 +22,8 @@ from typing import Any, Callable
 
 import torch
 
+from .latent_bank import LatentBank
+
 CHUNK_BYTES = 8 << 20
 """Float32 bytes of bank rows per chunk: small enough that the second product reads the chunk from cache."""
 
@@ -134,12 +136,20 @@ def kernel_pass(x: torch.Tensor, bandwidth, bank: torch.Tensor, *, squared: bool
     return KernelPass(weighted / run_sum[:, None], run_max + run_sum.log(), min_sq)
 
 
-def unsafe_denoiser(x: torch.Tensor, sigma, bank: torch.Tensor) -> torch.Tensor:
+def bank_tensor(bank, like: torch.Tensor) -> torch.Tensor:
+    """A ``[M, C, H, W]`` tensor as is; a ``LatentBank`` adapted to ``like``'s device and latent size."""
+    if isinstance(bank, LatentBank):
+        return bank.adapted(device=like.device, dtype=bank.latents.dtype, size=tuple(like.shape[-2:]))
+    return bank
+
+
+def unsafe_denoiser(x: torch.Tensor, sigma, bank) -> torch.Tensor:
     """The bank's empirical denoiser ``sum_n softmax_n(-|x - x_n|^2 / (2 sigma^2)) x_n``, ``[B, C, H, W]``.
 
-    Per image of ``x [B, C, H, W]`` independently; ``sigma`` a float or ``[B]``; result in ``x.dtype``.
+    Per image of ``x [B, C, H, W]`` independently; ``sigma`` a float or ``[B]``; ``bank`` a
+    ``[M, C, H, W]`` tensor (any float dtype) or a ``LatentBank``; result in ``x.dtype``.
     """
-    return kernel_pass(x, sigma, bank).mean.reshape(x.shape).to(x.dtype)
+    return kernel_pass(x, sigma, bank_tensor(bank, x)).mean.reshape(x.shape).to(x.dtype)
 
 
 def log_density(stats: KernelPass, bandwidth, count: int, width: int) -> torch.Tensor:
@@ -148,7 +158,10 @@ def log_density(stats: KernelPass, bandwidth, count: int, width: int) -> torch.T
     return stats.log_weight_sum - math.log(count) - 0.5 * width * torch.log(2 * math.pi * h.square())
 
 
-def log_kernel_density(x: torch.Tensor, sigma, bank: torch.Tensor) -> torch.Tensor:
-    """``log((1/M) sum_n N(x; x_n, sigma^2 I))`` per image of ``x [B, C, H, W]``: ``[B]`` float32."""
+def log_kernel_density(x: torch.Tensor, sigma, bank) -> torch.Tensor:
+    """``log((1/M) sum_n N(x; x_n, sigma^2 I))`` per image of ``x [B, C, H, W]``: ``[B]`` float32.
+
+    ``bank`` as for ``unsafe_denoiser``."""
+    bank = bank_tensor(bank, x)
     stats = kernel_pass(x, sigma, bank)
     return log_density(stats, sigma, bank.shape[0], x[0].numel())

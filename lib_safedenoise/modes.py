@@ -38,15 +38,15 @@ from typing import Callable
 
 import torch
 
-from .kernel import KernelPass, derived, kernel_pass, log_density
+from .kernel import CHUNK_BYTES, KernelPass, derived, item_sq_norms, kernel_pass, log_density
 from .latent_bank import LatentBank
 
 
 @dataclass
 class BankEffect:
     """One bank's correction of a batch: ``delta [B, D]`` (added to ``x0_hat``), and per image whether it
-    fired, its ``beta`` (see each mode for the meaning) and the distance from the kernel's query to the
-    nearest bank item."""
+    fired, its ``beta`` (the mode's estimate, reported whether or not the gate let it act; see each mode
+    for its meaning) and the distance from the kernel's query to the nearest bank item."""
 
     delta: torch.Tensor
     fired: torch.Tensor
@@ -112,7 +112,7 @@ class Mode:
                         {**self.options, **(options or {})})
 
 
-# ---- derived per-bank values, cached on the bank's adapted view --------------------------------------
+# ---- statistics of a bank ------------------------------------------------------------------------------
 
 def item_spread_sq(view: torch.Tensor, sample: int = 64) -> float:
     """Per-element variance ``s^2`` of the bank's items around their own location.
@@ -120,20 +120,24 @@ def item_spread_sq(view: torch.Tensor, sample: int = 64) -> float:
     Estimated as the median, over up to ``sample`` evenly spaced items, of the squared distance to the
     nearest other item divided by ``2 D`` (two independent draws from ``N(mu, s^2 I)`` lie ``2 s^2 D``
     apart). It turns the delta-mixture into a smoothed kernel density ``N(x_n, s^2 I)`` that generalises
-    beyond a small bank. Large banks take one pass (the sampled items against the others), small ones
-    leave one out. A single-item bank has no spread: 0.
+    beyond a small bank. One chunked pass over the bank, no copy of it. A single item has no spread: 0.
     """
     count = view.shape[0]
     if count < 2:
         return 0.0
-    if count > 2 * sample:
-        picked = torch.zeros(count, dtype=torch.bool, device=view.device)
-        picked[torch.linspace(0, count - 1, sample).round().long()] = True
-        nearest = kernel_pass(view[picked], 1.0, view[~picked]).min_sq_distance
-    else:
-        nearest = torch.cat([kernel_pass(view[i:i + 1], 1.0, torch.cat([view[:i], view[i + 1:]])).min_sq_distance
-                             for i in range(count)])
-    return float(nearest.median()) / (2 * view[0].numel())
+    picks = torch.linspace(0, count - 1, min(sample, count), device=view.device).round().long().unique()
+    items = view.reshape(count, -1)
+    queries = items[picks].float()
+    query_sq, norms = queries.square().sum(1, keepdim=True), item_sq_norms(view)
+    nearest = torch.full((len(picks),), math.inf, device=view.device)
+    rows = max(1, CHUNK_BYTES // (4 * items.shape[1]))
+    for start in range(0, count, rows):
+        sq = torch.addmm(query_sq + norms[start:start + rows], queries, items[start:start + rows].float().T,
+                         alpha=-2).clamp_(min=0)
+        own = (picks >= start) & (picks < start + rows)
+        sq[own.nonzero().squeeze(1), picks[own] - start] = math.inf
+        nearest = torch.minimum(nearest, sq.amin(1))
+    return float(nearest.median()) / (2 * items.shape[1])
 
 
 def channel_moments(view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,18 +160,19 @@ def paper_correct(step: Step, bank: torch.Tensor, strength: float, settings: Set
     ``E_u = sum_n softmax_n(-|x - x_n|^2 / (2 sigma^2)) x_n`` and the density
     ``p = (1/M) sum_n N(x; x_n, sigma^2 I)``; ``beta = eta * p`` with ``eta`` the bank strength, computed in
     the log domain. The gate (paper's ``beta_t``) is on ``log p``: with a ``threshold`` the correction
-    fires only where ``log p >= threshold``. Result ``x0_hat + beta (x0_hat - E_u)``; reported ``beta`` is
+    fires only where ``log p >= threshold`` (and ``beta`` is not 0 after underflow). Result ``x0_hat + beta (x0_hat - E_u)``; reported ``beta`` is
     that ``eta * p``. For SD latents ``p`` spans hundreds of orders of magnitude, so ``eta`` is
     impractical to tune there; this mode is exact for the theory and meant for study and tests.
     """
     bandwidth = step.sigma if settings.bandwidth is None else settings.bandwidth
     stats = kernel_pass(step.x.reshape(step.shape), bandwidth, bank)
     log_p = log_density(stats, bandwidth, bank.shape[0], step.x.shape[1])
-    fired = torch.ones_like(log_p, dtype=torch.bool) if settings.threshold is None else log_p >= settings.threshold
-    fired &= strength > 0
-    beta = torch.where(fired, torch.exp(log_p + math.log(strength)) if strength > 0 else 0 * log_p,
-                       torch.zeros_like(log_p))
-    return BankEffect(beta[:, None] * (step.x0_hat - stats.mean), fired, beta, stats.min_sq_distance.sqrt())
+    beta = torch.exp(log_p + math.log(strength)) if strength > 0 else torch.zeros_like(log_p)
+    fired = beta > 0  # not when eta * p underflowed: nothing to apply
+    if settings.threshold is not None:
+        fired &= log_p >= settings.threshold
+    applied = torch.where(fired, beta, torch.zeros_like(beta))
+    return BankEffect(applied[:, None] * (step.x0_hat - stats.mean), fired, beta, stats.min_sq_distance.sqrt())
 
 
 # ---- reference (released code) -------------------------------------------------------------------------
@@ -302,10 +307,9 @@ def contrastive_correct(step: Step, bank: torch.Tensor, strength: float, setting
         beta = torch.exp(torch.clamp(log_odds + math.log(strength), max=math.log(options["cap"])))
     else:
         beta = torch.zeros_like(log_odds)
-    fired = beta >= (settings.threshold or 0.0)
-    fired &= beta > 0
-    beta = torch.where(fired, beta, torch.zeros_like(beta))
-    return BankEffect(beta[:, None] * (step.x0_hat - unsafe), fired, beta, stats.min_sq_distance.sqrt())
+    fired = (beta >= (settings.threshold or 0.0)) & (beta > 0)
+    applied = torch.where(fired, beta, torch.zeros_like(beta))
+    return BankEffect(applied[:, None] * (step.x0_hat - unsafe), fired, beta, stats.min_sq_distance.sqrt())
 
 
 # ---- registry ------------------------------------------------------------------------------------------
@@ -342,7 +346,7 @@ MODES: dict[str, Mode] = {mode.name: mode for mode in (
          threshold=1e-9, options={"scale": 0.69, "margin": 0.0}, **_REFERENCE_DOCS),
     Mode("reference-copro", "the released code, CoPro settings (scale 0.03, sigma 1.0, no gate, "
          "t in [800, 1000])", reference_correct, window=(0.0, 0.19), bandwidth=1.0,
-         threshold=-math.inf, options={"scale": 0.03, "margin": 0.0}, **_REFERENCE_DOCS),
+         threshold=0.0, options={"scale": 0.03, "margin": 0.0}, **_REFERENCE_DOCS),  # sum w + 1e-8 > 0: no gate
 )}
 
 DEFAULT_MODE = "contrastive"

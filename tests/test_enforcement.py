@@ -116,3 +116,20 @@ def test_live_previews_hidden_when_configured(enforced):
     opts.data[extension.SETTING_HIDE_PREVIEWS] = False
     enforced.txt2img(**REQUEST)
     assert enforced.shared.state.previews
+
+
+def test_launch_flag_lands_where_the_extension_reads_it():
+    import argparse
+    import importlib.util
+
+    from tests.host_stub.harness import REPO
+
+    spec = importlib.util.spec_from_file_location("preload", REPO / "preload.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    parser = argparse.ArgumentParser()
+    module.preload(parser)
+    cmd_opts = parser.parse_args(["--safe-denoiser-enforce", "nsfw, gore"])
+    assert extension.enforced_bank_names(getattr(cmd_opts, extension.ENFORCE_CMD_OPT), []) == ("nsfw", "gore")
+    with pytest.raises(SystemExit):  # without our preload (extension disabled) the WebUI refuses the flag
+        argparse.ArgumentParser().parse_args(["--safe-denoiser-enforce", "nsfw"])

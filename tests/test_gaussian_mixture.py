@@ -68,8 +68,10 @@ def test_theorem_identity_with_exact_beta(dim):
         x = draw(mu, list(range(8)), 64, generator) + sigma * torch.randn(64, dim, generator=generator, dtype=torch.float64)
         e_data, e_unsafe = denoiser(mu, x, sigma, list(range(8))), denoiser(mu, x, sigma, UNSAFE)
         e_safe = denoiser(mu, x, sigma, SAFE)
-        beta = exact_beta(mu, x, sigma)[:, None]
-        torch.testing.assert_close(e_data + beta * (e_data - e_unsafe), e_safe, rtol=1e-9, atol=1e-9)
+        beta = exact_beta(mu, x, sigma)
+        error = (e_data + beta[:, None] * (e_data - e_unsafe) - e_safe).norm(dim=1)
+        # float64 rounding of E_data - E_u is amplified by beta*: the identity's condition number is 1 + beta*
+        assert (error <= 1e-12 * (1 + beta) * e_safe.norm(dim=1)).all(), (sigma, error.max())
 
 
 @pytest.mark.parametrize("dim,sigma,tolerance", [(2, 0.5, 0.02), (64, 3.0, 0.05)])
@@ -98,7 +100,7 @@ def sample(model, dim, sampler, count=3000, steps=24):
     return getattr(k, f"sample_{sampler}")(model, noise, sigmas, disable=True)
 
 
-@pytest.mark.parametrize("dim", [2, 64])
+@pytest.mark.parametrize("dim", [2, pytest.param(64, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m", "heun"])
 def test_exact_safe_denoiser_samples_only_safe_modes_in_proportion(dim, sampler):
     """Tolerances: unsafe share <= 0.5% (vs 25% for the data denoiser); every safe mode's share of the
@@ -111,12 +113,12 @@ def test_exact_safe_denoiser_samples_only_safe_modes_in_proportion(dim, sampler)
     assert abs(float(data_shares[UNSAFE].sum()) - 0.25) <= 0.03
 
 
-def engine_samples(mu, dim, sampler, reference: bool, count=2000, steps=24):
+def engine_samples(mu, dim, sampler, reference: bool, options: dict, count=2000, steps=24):
     generator = torch.Generator().manual_seed(4)
     negation = LatentBank("unsafe", draw(mu, UNSAFE, 200, generator).float().reshape(200, dim, 1, 1))
     ordinary = LatentBank("ordinary", draw(mu, SAFE, 600, generator).float().reshape(600, dim, 1, 1), role="reference")
     engine = SafeDenoiser([(negation, 1.0)], mode="contrastive", window=(0, 1), reference=ordinary if reference else None,
-                          options={"prior_odds": len(UNSAFE) / len(SAFE)})
+                          options=options)
     evaluations_per_step = 2 if sampler == "heun" else 1
     calls = []
 
@@ -135,15 +137,15 @@ def engine_samples(mu, dim, sampler, reference: bool, count=2000, steps=24):
 def test_contrastive_mode_with_reference_bank_removes_unsafe_modes_keeps_proportions(dim):
     """Measured (Euler, 2000 samples): unsafe share 1.7% in 2-D; safe modes 0.156-0.177 of the safe samples."""
     mu = means(dim)
-    shares = engine_samples(mu, dim, "euler", reference=True)
+    shares = engine_samples(mu, dim, "euler", reference=True, options={"prior_odds": len(UNSAFE) / len(SAFE)})
     assert shares[UNSAFE].sum() <= 0.04
     assert (shares[SAFE] / shares[SAFE].sum() - 1 / 6).abs().max() <= 0.04
 
 
 @pytest.mark.slow
 def test_contrastive_mode_without_reference_bank_in_64d():
-    """The Gaussian background suits high dimension: measured unsafe share 3%, safe modes within 0.02."""
+    """With the Gaussian background (default options), 64-D: measured unsafe share 3%, safe modes within 0.02."""
     mu = means(64)
-    shares = engine_samples(mu, 64, "euler", reference=False)
+    shares = engine_samples(mu, 64, "euler", reference=False, options={})
     assert shares[UNSAFE].sum() <= 0.06
     assert (shares[SAFE] / shares[SAFE].sum() - 1 / 6).abs().max() <= 0.04

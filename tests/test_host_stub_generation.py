@@ -133,7 +133,7 @@ def test_callbacks_registered_once_for_both_tabs_and_gone_after_the_run(webui):
     assert host.registered_callback_count(CFG_HOOKS.on_cfg_after_cfg) == 0
 
 
-def test_a_crash_mid_sampling_leaves_nothing_behind(webui, tmp_path):
+def test_a_crash_mid_sampling_leaves_nothing_behind(webui, tmp_path, monkeypatch):
     request = dict(prompt=str(NEGATED), seed=12, steps=5, cfg_scale=2.0, sampler_name="Euler a")
     model = webui.shared.sd_model
     calls = {"n": 0}
@@ -145,10 +145,10 @@ def test_a_crash_mid_sampling_leaves_nothing_behind(webui, tmp_path):
             raise RuntimeError("CUDA out of memory (simulated)")
         return original(*args, **kwargs)
 
-    model.apply_model = failing
+    monkeypatch.setattr(model, "apply_model", failing)
     with pytest.raises(RuntimeError, match="out of memory"):
         webui.txt2img(**request, safe_denoiser=wf.args(window_end=1.0))
-    model.apply_model = original
+    monkeypatch.undo()
     assert host.registered_callback_count(CFG_HOOKS.on_cfg_after_cfg) == 1  # postprocess never ran
     from modules import script_callbacks
 
@@ -241,3 +241,14 @@ def test_xyz_axes_are_registered_and_override_the_accordion(webui):
     mode_axis = webui.xyz_cell("[Safe Denoiser] Mode", "paper", safe_denoiser=wf.args(), **request)["axis"]
     assert "paper" in mode_axis.choices() and wf.BANK in webui.xyz_cell(
         "[Safe Denoiser] Bank", wf.BANK, safe_denoiser=wf.args(), **request)["axis"].choices()
+
+
+def test_bank_copies_exist_only_while_the_generation_runs(webui):
+    from modules import script_callbacks
+
+    bank = host.bank_store().load(wf.BANK, space_id="digits")  # the cached object the generation uses
+    during = []
+    script_callbacks.on_cfg_after_cfg(lambda params: during.append(len(bank._views)))
+    webui.txt2img(prompt=str(NEGATED), seed=20, steps=4, safe_denoiser=wf.args(window_end=1.0))
+    assert max(during) >= 1  # adapted to the generation's device, dtype and latent size
+    assert bank._views == {}  # and released by postprocess

@@ -92,3 +92,18 @@ def test_keys_are_in_the_parsers_character_set():
 def test_fired_steps_text(steps, text):
     assert extension.format_steps(steps) == text
     assert extension.parse_steps(text) == sorted(set(steps))
+
+
+def test_report_reaches_the_api_json_but_no_infotext_built_later():
+    import json
+    from types import SimpleNamespace
+
+    from modules import processing
+
+    report = extension.ApiOnlyValue({"images": {"0": {"fired": "1-2"}}})
+    p = SimpleNamespace(extra_generation_params={extension.REPORT_KEY: report}, all_prompts=["3"], all_seeds=[1],
+                        batch_size=1, steps=4, sampler_name="Euler", cfg_scale=2, width=64, height=64,
+                        all_negative_prompts=[""], main_prompt="3", main_negative_prompt="", prompts=["3"])
+    processed = processing.Processed(p, [], seed=1, info="")
+    assert json.loads(processed.js())["extra_generation_params"][extension.REPORT_KEY] == report
+    assert extension.REPORT_KEY not in processed.infotext(p, 0)

@@ -63,9 +63,9 @@ def _load(path: Path, kind: str) -> tuple[dict, dict]:
 
 def load_diffusion(path: Path, kind: str = "denoiser") -> DigitsLatentDiffusion:
     tensors, metadata = _load(path, kind)
-    network = EpsUNet(**json.loads(metadata["architecture"]))
-    network.load_state_dict(tensors)
-    return DigitsLatentDiffusion(network, metadata).eval().requires_grad_(False)
+    model = DigitsLatentDiffusion(EpsUNet(**json.loads(metadata["architecture"])), metadata)
+    model.load_state_dict(tensors)  # keys "model.*", as an SD checkpoint's "model.diffusion_model.*"
+    return model.eval().requires_grad_(False)
 
 
 def load_classifier(path: Path) -> DigitClassifier:

@@ -56,7 +56,7 @@ def train_denoiser(pixels: torch.Tensor, labels: torch.Tensor, *, seed: int, ite
     alphas_cumprod = model.alphas_cumprod
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=iterations, pct_start=0.05)
-    for _ in range(iterations):
+    for iteration in range(iterations):
         index = torch.randint(0, len(clean), (batch,), generator=generator)
         t = torch.randint(0, len(alphas_cumprod), (batch,), generator=generator)
         noise = torch.randn(clean[index].shape, generator=generator)
@@ -69,9 +69,10 @@ def train_denoiser(pixels: torch.Tensor, labels: torch.Tensor, *, seed: int, ite
         loss.backward()
         optimizer.step()
         schedule.step()
+        decay = min(ema_decay, (1 + iteration) / (10 + iteration))  # forget the random initialisation fast
         with torch.no_grad():
             for kept, live in zip(average.parameters(), model.parameters()):
-                kept.lerp_(live, 1 - ema_decay)
+                kept.lerp_(live, 1 - decay)
     return average.eval()
 
 

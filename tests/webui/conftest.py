@@ -10,24 +10,34 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-from webui_server import REPO_ROOT, Generation, WebUIConfig, WebUIServer
+from webui_server import (REPO_ROOT, SD1_BANK, WRONG_FAMILY_BANK, Generation, WebUIConfig, WebUIServer,
+                          write_bank)
 
-sys.path.insert(0, str(REPO_ROOT))
-from lib_safedenoise import bankfile  # noqa: E402  (the repo root is not on sys.path for tests/webui)
-
-SD1_BANK, WRONG_FAMILY_BANK = "webui-suite-sd1", "webui-suite-sdxl"
 
 # Requests whose images a fresh server produced before the extension ran anything.
 REFERENCE_REQUESTS = {
     "Euler a": {"sampler_name": "Euler a"},
     "DDIM": {"sampler_name": "DDIM"},
 }
+
+
+def pytest_collection_modifyitems(items):
+    """Tests on the enforcing server run last, so the default server starts only once."""
+    items.sort(key=lambda item: "enforced_webui" in getattr(item, "fixturenames", ()))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failing test's report shows the end of the server log."""
+    outcome = yield
+    report = outcome.get_result()
+    pool = getattr(item, "funcargs", {}).get("webui_pool")
+    if report.failed and pool is not None and pool.server is not None:
+        report.sections.append(("WebUI log (tail)", pool.server.log_tail(40)))
 
 
 class WebUIPool:
@@ -113,15 +123,3 @@ def _install_extension_requirements(config: WebUIConfig) -> None:
                             text=True, timeout=900)
     if result.returncode != 0:
         raise RuntimeError(f"install.py failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-
-
-def write_bank(folder: Path, name: str, space_id: str, count: int = 6, seed: int = 7) -> Path:
-    """A bank of seeded random 4x8x8 latents declared to be in ``space_id`` (written with our own writer)."""
-    space = bankfile.latent_space(space_id)
-    generator = torch.Generator().manual_seed(seed)
-    latents = torch.randn(count, space.channels, 8, 8, generator=generator).half()
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / (name + bankfile.BANK_SUFFIX)
-    meta = bankfile.new_metadata(title=name, count=count, shape=(space.channels, 8, 8), space=space)
-    bankfile.save_bank(path, meta, latents)
-    return path

@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import torch
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -33,6 +35,10 @@ START_TIMEOUT_S = float(os.environ.get("SD_WEBUI_START_TIMEOUT", "300"))
 REQUEST_TIMEOUT_S = 600.0
 
 A1111, FORGE = "a1111", "forge"
+SD1_BANK, WRONG_FAMILY_BANK = "webui-suite-sd1", "webui-suite-sdxl"
+
+sys.path.insert(0, str(REPO_ROOT))  # tests/webui is on sys.path, the repository root is not
+from lib_safedenoise import bankfile  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -119,6 +125,7 @@ class WebUIServer:
         self.process: subprocess.Popen | None = None
         self.client = httpx.Client(base_url=self.url, timeout=REQUEST_TIMEOUT_S)
         self._root_entries_before: set[str] = set()
+        self._parser: subprocess.Popen | None = None
 
     # ------------------------------------------------------------------ paths
 
@@ -207,6 +214,9 @@ class WebUIServer:
                         break
                     self._wait_exit(10)
         finally:
+            if self._parser is not None:
+                self._parser.stdin.close()
+                self._parser.wait(timeout=30)
             self.client.close()
             if self.extension_link.is_symlink():
                 self.extension_link.unlink()
@@ -253,30 +263,41 @@ class WebUIServer:
     def img2img(self, **payload) -> Generation:
         return self.generate("/sdapi/v1/img2img", base_payload(payload))
 
-    def run_python(self, code: str, *args: str, timeout: float = 300) -> str:
-        """Run ``code`` in the WebUI's interpreter with its root on ``sys.path`` and its options initialised
-        (``shared_init.initialize``, reading this run's data dir); returns stdout."""
-        prelude = ("import sys; sys.path.insert(0, '.'); "
-                   f"sys.argv = ['webui-suite', '--data-dir', {str(self.data_dir)!r}]; "
-                   "from modules import shared_init; shared_init.initialize()\n")
-        result = subprocess.run([str(self.config.python), "-c", prelude + code, *args], cwd=self.config.root,
-                                env=dict(self.environment(), PYTHONDONTWRITEBYTECODE="1"),
-                                capture_output=True, text=True, timeout=timeout)
-        if result.returncode != 0:
-            raise AssertionError(f"WebUI python snippet failed ({result.returncode}):\n{result.stderr[-4000:]}")
-        return result.stdout
-
     def parse_infotext(self, infotext: str) -> dict:
-        """The WebUI's own parser: ``modules.infotext_utils.parse_generation_parameters``."""
-        out = self.run_python(
-            "import json\nfrom modules.infotext_utils import parse_generation_parameters\n"
-            "print('PARSED=' + json.dumps(parse_generation_parameters(sys.argv[1]), default=str))", infotext)
-        return json.loads(next(line for line in out.splitlines() if line.startswith("PARSED="))[7:])
+        """The WebUI's own parser, ``modules.infotext_utils.parse_generation_parameters``, run in the WebUI's
+        interpreter (one helper process per server, started on first use)."""
+        if self._parser is None:
+            self._parser = subprocess.Popen(
+                [str(self.config.python), "-c", PARSER_LOOP, str(self.data_dir)], cwd=self.config.root,
+                env=dict(self.environment(), PYTHONDONTWRITEBYTECODE="1"), stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=open(self.data_dir / "infotext-parser.log", "wb"), text=True)
+        self._parser.stdin.write(json.dumps(infotext) + "\n")
+        self._parser.stdin.flush()
+        line = self._parser.stdout.readline()
+        if not line.startswith("PARSED="):
+            log = (self.data_dir / "infotext-parser.log").read_text(errors="replace")[-3000:]
+            raise AssertionError(f"the WebUI's infotext parser failed: {line!r}\n{log}")
+        return json.loads(line[len("PARSED="):])
+
+
+# Reads one JSON string per line, answers ``PARSED=<json>``; options are initialised as the server's are
+# (``shared_init.initialize`` with the same data dir), since the parser reads some of them.
+PARSER_LOOP = """
+import json, sys
+sys.path.insert(0, '.')
+data_dir = sys.argv[1]
+sys.argv = ['webui-suite-parser', '--data-dir', data_dir]
+from modules import shared_init
+shared_init.initialize()
+from modules.infotext_utils import parse_generation_parameters
+for line in sys.stdin:
+    print('PARSED=' + json.dumps(parse_generation_parameters(json.loads(line)), default=str), flush=True)
+"""
 
 
 def base_payload(payload: dict) -> dict:
-    """The suite's small, deterministic request (64x64, 4 steps, fixed seed) with ``payload`` on top."""
-    return {"prompt": "a cat", "negative_prompt": "", "steps": 4, "width": 64, "height": 64,
+    """The suite's small, deterministic request (64x64, 3 steps, fixed seed) with ``payload`` on top."""
+    return {"prompt": "a cat", "negative_prompt": "", "steps": 3, "width": 64, "height": 64,
             "sampler_name": "Euler a", "cfg_scale": 7, "seed": 1234, "batch_size": 1, "n_iter": 1,
             "save_images": False, "send_images": True, **payload}
 
@@ -292,3 +313,15 @@ def script_args(enabled: bool = True, banks=(), strengths="", mode: str = "paper
 def expected_fired_steps(steps: int, window: tuple[float, float]) -> list[int]:
     """1-based sampler steps inside ``window``: step ``i`` (0-based) of ``steps`` sits at ``i / (steps-1)``."""
     return [i + 1 for i in range(steps) if window[0] <= (i / (steps - 1) if steps > 1 else 0.0) <= window[1]]
+
+
+def write_bank(folder: Path, name: str, space_id: str, count: int = 6, seed: int = 7) -> Path:
+    """A bank of seeded random 4x8x8 latents declared to be in ``space_id`` (written with our own writer)."""
+    space = bankfile.latent_space(space_id)
+    generator = torch.Generator().manual_seed(seed)
+    latents = torch.randn(count, space.channels, 8, 8, generator=generator).half()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / (name + bankfile.BANK_SUFFIX)
+    meta = bankfile.new_metadata(title=name, count=count, shape=(space.channels, 8, 8), space=space)
+    bankfile.save_bank(path, meta, latents)
+    return path

@@ -114,6 +114,20 @@ def app_started_callback(demo, app):
     _dispatch("app_started", "app_started_callback", demo, app)
 
 
+def ui_settings_callback():
+    _dispatch("ui_settings", "ui_settings_callback")
+
+
+def ui_tabs_callback():
+    res = []
+    for c in ordered_callbacks("ui_tabs"):
+        try:
+            res += c.callback() or []
+        except Exception:
+            report_exception(c, "ui_tabs_callback")
+    return res
+
+
 def before_ui_callback():
     _dispatch("before_ui", "before_ui")
 

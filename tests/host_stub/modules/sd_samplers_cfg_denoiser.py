@@ -87,7 +87,7 @@ class CFGDenoiser(torch.nn.Module):
             x_in, sigma_in = x_in[:-batch_size], sigma_in[:-batch_size]
 
         cond_in = tensor if skip_uncond else torch.cat([tensor, uncond])
-        x_out = self.inner_model(x_in, sigma_in, cond=cond_in)
+        x_out = self.inner_model(x_in, sigma_in, cond={"c_crossattn": [cond_in], "c_concat": [None]})
 
         denoised_image_indexes = [x[0][0] for x in conds_list]
         if skip_uncond:

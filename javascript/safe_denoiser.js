@@ -1,0 +1,108 @@
+// Safe Denoiser: tooltips, the delete confirmation, and the accordion's status line after each run.
+// Every script of every extension shares the page's global scope: only names starting with safeDenoiser
+// are global; the rest lives in the closure below.
+
+function safeDenoiserConfirmDelete(name, confirmed) {
+    // Called by the tab's Delete button (gradio `_js`): returns the handler's inputs [bank, confirmed].
+    if (!name) return [name, false];
+    return [name, window.confirm('Delete the bank "' + name + '"? Its file is removed from the bank folder; ' +
+                                 'this cannot be undone.')];
+}
+
+(function() {
+    var accordionHints = {
+        "": "Correct each sampling step away from the images of the chosen negation banks (Training-Free Safe Denoisers). The tick in the header switches it on for this generation.",
+        "_status": "What the last generation did: on which images the correction fired, at which sampling steps.",
+        "_banks": "Negation banks: sets of images the generation should avoid. Build them in the Safe Denoiser tab.",
+        "_banks_refresh": "Reload the list of banks from the bank folder.",
+        "_strength": "How strongly this bank pushes the generation away (0 = not at all, 1 = as the paper).",
+        "_mode": "How the correction is computed; 'default' is the recommended mode. The line beside it explains the chosen one.",
+        "_advanced": "Fine-tuning; the defaults come from the chosen mode.",
+        "_bandwidth": "Kernel bandwidth: how far from a bank image a latent still counts as close. 0 uses the mode's own.",
+        "_threshold": "Smallest gate signal that triggers a correction. A negative value uses the mode's own.",
+        "_window_start": "Fraction of the sampling steps actually run where correction starts (0 = first step).",
+        "_window_end": "Fraction of the sampling steps actually run where correction stops (1 = last step).",
+        "_enforced": "Banks the server operator applies to every generation."
+    };
+    var tabHints = {
+        "_name": "File name of the new bank in the bank folder (letters, digits, spaces, - _ . + ( )).",
+        "_files": "Images of what to avoid. Broken files are reported and skipped. Only their latents are kept.",
+        "_folder": "A folder on the server to read images from, instead of uploading them.",
+        "_card_fields": "Describe the bank for whoever uses it: shown before it is installed or enabled.",
+        "_overwrite": "Rebuild a bank that already exists (an enforced bank is never replaced).",
+        "_build": "Encode the images with the loaded model's VAE and save the bank. Generations wait meanwhile.",
+        "_cancel": "Stop the running build; nothing is written.",
+        "_progress": "Files read so far.",
+        "_report": "What happened to every file: added, duplicate, or why it was skipped.",
+        "_table": "Banks in the bank folder, with their latent space and whether they fit the loaded model.",
+        "_selected": "The bank the buttons below act on.",
+        "_refresh": "Reload the bank list.",
+        "_card": "The bank's card: what it holds, who made it, its licence and intended use.",
+        "_inspect": "Show everything the bank file records about itself.",
+        "_export": "Download the bank with its card and recommended settings (a bank preset).",
+        "_export_settings": "Download only the card and settings (.preset.json), naming the bank by its hash.",
+        "_delete": "Delete the selected bank (asks first). Enforced banks cannot be deleted.",
+        "_new_name": "New name for the selected bank.",
+        "_rename": "Rename the selected bank. Enforced banks cannot be renamed.",
+        "_preset_file": "A bank (.safetensors) or a settings preset (.preset.json). Its card is shown before anything is installed.",
+        "_preset_name": "Install under this name instead of the file's.",
+        "_preset_overwrite": "Replace a bank of the same name.",
+        "_install": "Install the preset whose card is shown above.",
+        "_plot_refresh": "Plot the gate signal of the last generation, per sampling step and image.",
+        "_enforced": "Banks the server operator applies to every generation."
+    };
+
+    function setHint(element, text) {
+        if (!element || element.title) return;
+        element.title = text;
+        for (var input of element.querySelectorAll("input, textarea, button, select")) {
+            if (!input.title) input.title = text;
+        }
+    }
+
+    function applyHints(root) {
+        for (var tab of ["txt2img", "img2img"]) {
+            var prefix = "safe_denoiser_" + tab;
+            for (var suffix in accordionHints) {
+                if (suffix === "_strength") {
+                    for (var element of root.querySelectorAll('[id^="' + prefix + '_strength_"]')) {
+                        setHint(element, accordionHints[suffix]);
+                    }
+                } else {
+                    setHint(root.querySelector("#" + prefix + suffix), accordionHints[suffix]);
+                }
+            }
+        }
+        for (var tabSuffix in tabHints) {
+            setHint(root.querySelector("#safe_denoiser_tab" + tabSuffix), tabHints[tabSuffix]);
+        }
+    }
+
+    function refreshStatusAfterRuns(root) {
+        // The WebUI rewrites #html_info_<tab> when a generation ends; then ask for our status line.
+        for (var tab of ["txt2img", "img2img"]) {
+            var info = root.querySelector("#html_info_" + tab);
+            var button = root.querySelector("#safe_denoiser_" + tab + "_status_refresh");
+            if (!info || !button) continue;
+            var timer = null;
+            new MutationObserver(function(button) {
+                return function() {
+                    clearTimeout(timer);
+                    timer = setTimeout(function() { button.click(); }, 300);
+                };
+            }(button)).observe(info, {childList: true, subtree: true, characterData: true});
+        }
+    }
+
+    onUiLoaded(function() {
+        var root = gradioApp();
+        applyHints(root);
+        refreshStatusAfterRuns(root);
+        // Controls shown later (a strength slider per selected bank) get their hints when they appear.
+        var pending = null;
+        new MutationObserver(function() {
+            clearTimeout(pending);
+            pending = setTimeout(function() { applyHints(root); }, 250);
+        }).observe(root, {childList: true, subtree: true});
+    });
+})();

@@ -1,0 +1,460 @@
+"""Efficacy benchmark: how well each negation method works on a real diffusion model of real digits.
+
+``python -m lib_safedenoise.bench efficacy [--negate K] [--seed S] [--samples N] [--sampler NAME]
+[--cfg SCALE] [--report-cfg SCALE] [--methods NAME ...] [--json PATH] [--out DIR]``
+
+The model is ``lib_safedenoise.digits`` (a class-conditional latent diffusion model of scikit-learn's
+handwritten digits); an independent classifier judges the samples. Scenarios, every method on the same
+seeds and counts:
+
+1. asked for the negated class K with a bank of held-out K digits: *negated rate* (share judged K), at
+   ``--cfg`` and ``--report-cfg``; realism next to it (the judge's mean top-class confidence and the
+   Fréchet distance of the samples to all held-out digits in the judge's feature space);
+2. collateral: asked for every other class j, same bank: mean drop of class accuracy against "none"
+   (points) and mean increase of the Fréchet distance to held-out j digits (percent);
+3. unconditional (empty prompt): share judged K;
+4. specific images: the memorising model, the bank holds the five training digits it reproduces most,
+   asked for their classes: *memorised rate* (share of samples within the near-duplicate distance of a
+   banked digit, ``digits.near_duplicate_distance``).
+
+Rates carry 95% Wilson intervals, the other metrics 95% paired-bootstrap intervals.
+
+Methods are pluggable: ``METHODS`` maps a name to a ``Method`` whose ``build`` turns a ``NegationTask``
+(the bank, the negated class, the model, the sampler) into an ``Intervention`` (an ``after_cfg`` /
+``after_cfg_eps`` hook and/or a negative label). ``register_method`` adds one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import digits
+from ..digits.sampling import AfterCFG, AfterCFGEps
+from ..latent_bank import LatentBank
+
+REQUIRED_METRICS = ("negated_rate", "collateral_accuracy_drop_pts", "collateral_fid_increase_pct",
+                    "unconditional_share", "memorised_rate", "seconds_per_sample")
+MEMORIZED_BANK_SIZE = 5
+BOOTSTRAP_RESAMPLES = 200
+Z95 = 1.959964
+
+
+# ---- methods -------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class NegationTask:
+    """What a method may use: the negation ``bank`` (digits latents), the negated class (``None`` when the
+    bank holds specific images rather than a class), the model being sampled and the sampler's name."""
+
+    bank: LatentBank
+    negate: int | None
+    model: digits.DigitsLatentDiffusion
+    sampler: str
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """How a method changes one sampling run; ``None`` everywhere is plain sampling."""
+
+    after_cfg: AfterCFG | None = None
+    after_cfg_eps: AfterCFGEps | None = None
+    negative_label: int | None = None
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    summary: str
+    build: Callable[[NegationTask], Intervention | None]  # None: the method does not apply to the task
+
+
+def _none(task: NegationTask) -> Intervention:
+    return Intervention()
+
+
+def _negative_prompt(task: NegationTask) -> Intervention | None:
+    # a label names a class, never five particular images: the analogue does not exist for scenario 4
+    return None if task.negate is None else Intervention(negative_label=task.negate)
+
+
+def engine_method(name: str, mode: str, summary: str, **settings) -> Method:
+    """A method running ``SafeDenoiser(mode=mode, **settings)`` on the task's bank at strength 1."""
+
+    def build(task: NegationTask) -> Intervention:
+        from ..engine import SafeDenoiser
+
+        engine = SafeDenoiser([(task.bank, 1.0)], mode=mode, **settings)
+        if task.sampler == "ddim":
+            alphas_cumprod = task.model.alphas_cumprod
+            return Intervention(after_cfg_eps=lambda eps, x, t, step, total: engine.correct_eps(
+                eps, x, t, alphas_cumprod, step, total))
+        return Intervention(after_cfg=engine.correct_x0)
+
+    return Method(name, summary, build)
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register_method(method: Method) -> None:
+    """Add (or replace) a method of the comparison."""
+    METHODS[method.name] = method
+
+
+for _method in (
+    Method("none", "plain sampling (the baseline)", _none),
+    Method("negative_prompt", "uncond branch conditioned on the negated class", _negative_prompt),
+    engine_method("reference", "reference", "the released code's defaults (nudity/COCO settings)"),
+    engine_method("reference-memorization", "reference-memorization", "the released code's memorisation settings"),
+    engine_method("paper", "paper", "the paper's practical algorithm"),
+    engine_method("default", "default", "the engine's default mode"),
+):
+    register_method(_method)
+
+DEFAULT_METHODS = ("none", "negative_prompt", "reference", "reference-memorization", "paper", "default")
+
+
+# ---- statistics ----------------------------------------------------------------------------------------
+
+def wilson_interval(successes: int, total: int) -> tuple[float, float]:
+    """95% Wilson score interval of a binomial proportion."""
+    if total == 0:
+        return (math.nan, math.nan)
+    p = successes / total
+    denominator = 1 + Z95 ** 2 / total
+    centre = (p + Z95 ** 2 / (2 * total)) / denominator
+    half = Z95 * math.sqrt(p * (1 - p) / total + Z95 ** 2 / (4 * total ** 2)) / denominator
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def bootstrap_interval(statistic: Callable[[np.ndarray], float], count: int, seed: int) -> tuple[float, float]:
+    """95% percentile interval of ``statistic(indices)`` over resamples of ``range(count)`` with
+    replacement (the same indices for paired samples)."""
+    generator = np.random.default_rng(seed)
+    values = [statistic(generator.integers(0, count, count)) for _ in range(BOOTSTRAP_RESAMPLES)]
+    low, high = np.percentile(values, [2.5, 97.5])
+    return (float(low), float(high))
+
+
+# ---- sampling and judging ------------------------------------------------------------------------------
+
+@dataclass
+class Judged:
+    """Samples of one run as the evaluator sees them."""
+
+    pixels: torch.Tensor
+    predictions: torch.Tensor
+    confidences: torch.Tensor
+    features: torch.Tensor
+    seconds: float
+
+
+@dataclass
+class Setup:
+    sampler: str
+    steps: int
+    samples: int
+    seed: int
+    batch: int
+    evaluator: digits.DigitClassifier = field(repr=False)
+
+
+def run_samples(setup: Setup, model, intervention: Intervention, labels, *, cfg_scale: float,
+                seed_offset: int) -> Judged:
+    """``setup.samples`` samples for ``labels`` (a label, or a list cycled over), judged; same seeds for
+    every method (``setup.seed`` and ``seed_offset`` fix them batch by batch)."""
+    if isinstance(labels, (list, tuple)):
+        every = [labels[i % len(labels)] for i in range(setup.samples)]
+    else:
+        every = [labels] * setup.samples
+    latents, seconds = [], 0.0
+    for first in range(0, setup.samples, setup.batch):
+        chunk = every[first:first + setup.batch]
+        negatives = None if intervention.negative_label is None else [intervention.negative_label] * len(chunk)
+        start = time.perf_counter()
+        latents.append(digits.sample(model, chunk, sampler=setup.sampler, steps=setup.steps,
+                                     cfg_scale=cfg_scale, seed=setup.seed * 1_000_003 + seed_offset * 1009 + first,
+                                     after_cfg=intervention.after_cfg, after_cfg_eps=intervention.after_cfg_eps,
+                                     negative_labels=negatives))
+        seconds += time.perf_counter() - start
+    pixels = digits.decode(torch.cat(latents)).clamp(0, 1)
+    predictions, confidences, features = setup.evaluator.judge(pixels)
+    return Judged(pixels, predictions, confidences, features, seconds)
+
+
+def memorized_bank(setup: Setup, memorizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``MEMORIZED_BANK_SIZE`` training digits the memorising model reproduces most often (pixels,
+    labels), found from plain samples on seeds disjoint from the scenario's."""
+    pixels, labels = digits.memorizer_subset()
+    judged = run_samples(setup, memorizer, Intervention(), labels.tolist(), cfg_scale=2.0, seed_offset=90_001)
+    distances = digits.pixel_distances(judged.pixels, pixels)
+    nearest = distances.argmin(dim=1)[distances.min(dim=1).values < digits.near_duplicate_distance()]
+    counts = torch.bincount(nearest, minlength=len(pixels))
+    chosen = torch.argsort(counts, descending=True, stable=True)[:MEMORIZED_BANK_SIZE]
+    return pixels[chosen], labels[chosen]
+
+
+# ---- the benchmark -------------------------------------------------------------------------------------
+
+def _rate(hits: torch.Tensor) -> tuple[float, tuple[float, float]]:
+    return float(hits.float().mean()), wilson_interval(int(hits.sum()), len(hits))
+
+
+def evaluate(*, negate: int, seed: int, samples: int, sampler: str, steps: int, cfg_scale: float,
+             report_cfg: float | None, methods: list[str], batch: int = 500, log=print) -> dict:
+    """Run every scenario for every method; returns the JSON-ready result (see the module docstring)."""
+    if not 0 <= negate <= 9:
+        raise ValueError(f"--negate must be a digit class 0..9, got {negate}")
+    unknown = [name for name in methods if name not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; known: {', '.join(METHODS)}")
+    methods = ["none"] + [name for name in methods if name != "none"]
+    started = time.perf_counter()
+    model, memorizer, evaluator = digits.load_model(), digits.load_memorizer(), digits.load_evaluator()
+    setup = Setup(sampler, steps, samples, seed, batch, evaluator)
+    heldout_pixels, heldout_labels = digits.subset("heldout")
+    _, _, heldout_features = evaluator.judge(heldout_pixels)
+    class_bank = LatentBank(f"digit-{negate}", digits.encode(heldout_pixels[heldout_labels == negate]),
+                            latent_space="digits")
+    memorized_pixels, memorized_labels = memorized_bank(setup, memorizer)
+    memorized = LatentBank("memorised-digits", digits.encode(memorized_pixels), latent_space="digits")
+    near_duplicate = digits.near_duplicate_distance()
+    others = [j for j in range(10) if j != negate]
+
+    results, grids, baseline = {}, {}, {}
+    for name in methods:
+        method = METHODS[name]
+        class_task = NegationTask(class_bank, negate, model, sampler)
+        memo_task = NegationTask(memorized, None, memorizer, sampler)
+        runs: dict = {}
+
+        def run(key, task, labels, *, scale=cfg_scale, offset):
+            intervention = method.build(task)
+            runs[key] = None if intervention is None else run_samples(
+                setup, task.model, intervention, labels, cfg_scale=scale, seed_offset=offset)
+            return runs[key]
+
+        asked = run("asked", class_task, negate, offset=1)
+        if report_cfg:
+            run("asked_report", class_task, negate, scale=report_cfg, offset=2)
+        for j in others:
+            run(("collateral", j), class_task, j, offset=10 + j)
+        run("unconditional", class_task, None, offset=3)
+        run("memorised", memo_task, memorized_labels.tolist(), offset=4)
+        if name == "none":
+            baseline = runs
+        results[name] = _metrics(runs, baseline, negate, others, heldout_features, heldout_labels,
+                                 memorized_pixels, near_duplicate, seed, report_cfg)
+        grids[name] = asked.pixels[:64]
+        log(f"{name}: done ({time.perf_counter() - started:.0f} s elapsed)")
+    return {"negate": negate, "seed": seed, "samples": samples, "sampler": sampler, "steps": steps,
+            "cfg": cfg_scale, "report_cfg": report_cfg, "near_duplicate_distance": near_duplicate,
+            "memorised_bank_labels": memorized_labels.tolist(),
+            "runtime_seconds": round(time.perf_counter() - started, 1),
+            "methods": results, "_grids": grids}
+
+
+def _metrics(runs, baseline, negate, others, heldout_features, heldout_labels, memorized_pixels,
+             near_duplicate, seed, report_cfg) -> dict:
+    asked = runs["asked"]
+    metrics, intervals = {}, {}
+    metrics["negated_rate"], intervals["negated_rate"] = _rate(asked.predictions == negate)
+    if report_cfg:
+        key = f"negated_rate_cfg{report_cfg:g}"
+        metrics[key], intervals[key] = _rate(runs["asked_report"].predictions == negate)
+
+    def accuracy_drop(index: np.ndarray) -> float:
+        return 100 * float(np.mean([(baseline[("collateral", j)].predictions[index] == j).float().mean()
+                                    - (runs[("collateral", j)].predictions[index] == j).float().mean()
+                                    for j in others]))
+
+    def fid_increase(index: np.ndarray) -> float:
+        return 100 * float(np.mean([
+            digits.frechet_distance(runs[("collateral", j)].features[index], heldout_features[heldout_labels == j])
+            / digits.frechet_distance(baseline[("collateral", j)].features[index], heldout_features[heldout_labels == j])
+            - 1 for j in others]))
+
+    count = len(asked.predictions)
+    everything = np.arange(count)
+    metrics["collateral_accuracy_drop_pts"] = accuracy_drop(everything)
+    intervals["collateral_accuracy_drop_pts"] = bootstrap_interval(accuracy_drop, count, seed)
+    metrics["collateral_fid_increase_pct"] = fid_increase(everything)
+    intervals["collateral_fid_increase_pct"] = bootstrap_interval(fid_increase, count, seed + 1)
+    metrics["unconditional_share"], intervals["unconditional_share"] = _rate(
+        runs["unconditional"].predictions == negate)
+    memorised = runs["memorised"]
+    if memorised is None:
+        metrics["memorised_rate"], intervals["memorised_rate"] = None, None
+    else:
+        near = digits.pixel_distances(memorised.pixels, memorized_pixels).min(dim=1).values < near_duplicate
+        metrics["memorised_rate"], intervals["memorised_rate"] = _rate(near)
+    done = [run for run in runs.values() if run is not None]
+    metrics["seconds_per_sample"] = sum(r.seconds for r in done) / sum(len(r.predictions) for r in done)
+    confidences = asked.confidences.numpy()
+    metrics["realism_confidence"] = float(confidences.mean())
+    half = Z95 * confidences.std(ddof=1) / math.sqrt(count)
+    intervals["realism_confidence"] = (metrics["realism_confidence"] - half, metrics["realism_confidence"] + half)
+
+    def realism_frechet(index: np.ndarray) -> float:
+        return digits.frechet_distance(asked.features[index], heldout_features)
+
+    metrics["realism_frechet"] = realism_frechet(everything)
+    intervals["realism_frechet"] = bootstrap_interval(realism_frechet, count, seed + 2)
+    return {**{key: _round(value) for key, value in metrics.items()},
+            "ci95": {key: None if value is None else [_round(v) for v in value] for key, value in intervals.items()}}
+
+
+def _round(value):
+    return None if value is None else round(float(value), 6)
+
+
+# ---- output --------------------------------------------------------------------------------------------
+
+COLUMNS = (("negated_rate", "negated", 100, "%"), ("collateral_accuracy_drop_pts", "collateral acc drop", 1, " pts"),
+           ("collateral_fid_increase_pct", "collateral FD", 1, "%"), ("unconditional_share", "uncond share", 100, "%"),
+           ("memorised_rate", "memorised", 100, "%"), ("realism_confidence", "confidence", 100, "%"),
+           ("realism_frechet", "FD to real", 1, ""), ("seconds_per_sample", "ms/sample", 1000, ""))
+
+
+def markdown_table(result: dict) -> str:
+    columns = list(COLUMNS)
+    if result.get("report_cfg"):
+        key = f"negated_rate_cfg{result['report_cfg']:g}"
+        columns.insert(1, (key, f"negated (CFG {result['report_cfg']:g})", 100, "%"))
+    header = [f"method"] + [f"{title}" + (f" (CFG {result['cfg']:g})" if key == "negated_rate" else "")
+                            for key, title, _, _ in columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, metrics in result["methods"].items():
+        cells = [name]
+        for key, _, factor, unit in columns:
+            value, interval = metrics.get(key), metrics["ci95"].get(key)
+            if value is None:
+                cells.append("n/a")
+                continue
+            cell = f"{value * factor:.1f}{unit}"
+            if interval is not None:
+                cell += f" [{interval[0] * factor:.1f}, {interval[1] * factor:.1f}]"
+            cells.append(cell)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_json(path: Path, result: dict) -> None:
+    """Atomic: the previous file survives a crash mid-write."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as stream:
+            json.dump({k: v for k, v in result.items() if not k.startswith("_")}, stream, indent=2)
+            stream.write("\n")
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+def write_figures(out: Path, result: dict) -> list[Path]:
+    """A grid of scenario-1 samples per method and a bar chart of the metrics with their intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = list(result["methods"])
+    written = []
+    figure, axes = plt.subplots(1, len(names), figsize=(2.6 * len(names), 3), squeeze=False)
+    for axis, name in zip(axes[0], names):
+        pixels = result["_grids"][name]
+        rows = math.ceil(len(pixels) / 8)
+        canvas = torch.ones(rows * 9 - 1, 8 * 9 - 1)
+        for i, image in enumerate(pixels):
+            r, c = divmod(i, 8)
+            canvas[r * 9:r * 9 + 8, c * 9:c * 9 + 8] = 1 - image[0]
+        axis.imshow(canvas.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        rate = result["methods"][name]["negated_rate"]
+        axis.set_title(f"{name}\n{100 * rate:.0f}% judged {result['negate']}", fontsize=9)
+        axis.axis("off")
+    figure.suptitle(f"Asked for {result['negate']}, bank of held-out {result['negate']}s "
+                    f"({result['sampler']}, {result['steps']} steps, CFG {result['cfg']:g})", fontsize=10)
+    figure.tight_layout()
+    written.append(out / "efficacy_samples.png")
+    figure.savefig(written[-1], dpi=120)
+    plt.close(figure)
+
+    shown = [(key, title, factor, unit) for key, title, factor, unit in COLUMNS if key != "seconds_per_sample"]
+    figure, axes = plt.subplots(1, len(shown), figsize=(2.8 * len(shown), 3.2))
+    for axis, (key, title, factor, unit) in zip(axes, shown):
+        values = [result["methods"][n].get(key) for n in names]
+        heights = [np.nan if v is None else v * factor for v in values]
+        errors = []
+        for n, height in zip(names, heights):
+            interval = result["methods"][n]["ci95"].get(key)
+            errors.append((0, 0) if interval is None else (height - interval[0] * factor, interval[1] * factor - height))
+        axis.bar(range(len(names)), heights, yerr=np.array(errors).T.clip(min=0), capsize=2, color="tab:blue")
+        axis.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+        axis.set_title(f"{title} ({unit.strip() or 'value'})", fontsize=9)
+    figure.tight_layout()
+    written.append(out / "efficacy_metrics.png")
+    figure.savefig(written[-1], dpi=120)
+    plt.close(figure)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lib_safedenoise.bench efficacy",
+                                     description="Negation efficacy on the digits diffusion model.")
+    parser.add_argument("--negate", type=int, default=3, help="digit class to negate (default 3)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--samples", type=int, default=500, help="samples per scenario and class (default 500)")
+    parser.add_argument("--sampler", default="euler", choices=list(digits.SAMPLERS))
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--cfg", type=float, default=2.0, help="CFG scale of every scenario (default 2)")
+    parser.add_argument("--report-cfg", type=float, default=4.0,
+                        help="second CFG scale for the negated rate (default 4; 0 skips it)")
+    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
+                        help=f"methods to compare ('none' always runs); known: {', '.join(METHODS)}")
+    parser.add_argument("--batch", type=int, default=500, help="images per sampling call")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--json", type=Path, help="write the result object here")
+    parser.add_argument("--out", type=Path, help="write PNG figures into this folder")
+    args = parser.parse_args(argv)
+    if args.samples < 2:
+        parser.error("--samples must be at least 2")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        result = evaluate(negate=args.negate, seed=args.seed, samples=args.samples, sampler=args.sampler,
+                          steps=args.steps, cfg_scale=args.cfg, report_cfg=args.report_cfg or None,
+                          methods=args.methods, batch=args.batch, log=lambda m: print(m, file=sys.stderr))
+    except (ValueError, FileNotFoundError) as error:
+        print(f"efficacy: {error}", file=sys.stderr)
+        return 2
+    print(f"Negating digit {result['negate']} (seed {result['seed']}, {result['samples']} samples per scenario "
+          f"and class, {result['sampler']} {result['steps']} steps, CFG {result['cfg']:g}; "
+          f"{result['runtime_seconds']:.0f} s)\n")
+    print(markdown_table(result))
+    if args.json:
+        write_json(args.json, result)
+    if args.out:
+        for path in write_figures(args.out, result):
+            print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,539 @@
+"""The per-generation accordion and the "Safe Denoiser" tab (gradio 3.41, the WebUI's version).
+
+Both builders only create components and wire events: everything they show comes from an
+``api.Backend`` (the WebUI's through ``Backend.from_host``), every bank operation goes through
+``api.BankService``, and building the accordion changes nothing (the WebUI's API builds it again to learn
+the default arguments). Event handlers are module-level functions of plain values, tested without a browser.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import gradio as gr
+
+from lib_safedenoise import modes
+from lib_safedenoise.api import Backend, BankService, CARD_FIELDS
+from lib_safedenoise.bankfile import BankError
+from lib_safedenoise.builder import BuildReport
+from lib_safedenoise.extension import EnforcementError, format_steps
+from lib_safedenoise.generation_args import ARG_NAMES, GenerationArgs
+from lib_safedenoise.presets import card_text
+
+ELEM_PREFIX = "safe_denoiser"
+MAX_STRENGTH_SLIDERS = 6
+STRENGTH_RANGE = (0.0, 3.0)
+TAB_TITLE = "Safe Denoiser"
+BANK_COLUMNS = ["Name", "Title", "Images", "Latent space", "Size", "Compatible with loaded model", "Enforced",
+                "Problem"]
+
+
+# --------------------------------------------------------------------------- the accordion
+
+@dataclass
+class AccordionControls:
+    """``components`` are the script's arguments, in ``generation_args.ARG_NAMES`` order."""
+
+    components: list
+    status: Any
+    status_refresh: Any
+    bank_refresh: Any
+    strength_sliders: list = field(default_factory=list)
+
+
+def strengths_text(values: Sequence[float]) -> str:
+    return ", ".join(f"{v:g}" for v in values)
+
+
+def strength_values(banks: Sequence[str], text: str) -> list[float]:
+    """One strength per bank from the ``strengths`` argument (a single number applies to every bank)."""
+    args = GenerationArgs.from_script_args([True, list(banks), text])
+    return [args.strength_of(i) for i in range(len(banks))]
+
+
+def sync_strength_sliders(banks: Sequence[str] | None, text: str) -> list:
+    """Updates for ``[strengths, *sliders]``: one visible slider per selected bank, labelled with it."""
+    banks = list(banks or [])
+    try:
+        values = strength_values(banks, text)
+    except ValueError:
+        values = [1.0] * len(banks)
+    sliders = [gr.update(visible=True, label=f"Strength: {banks[i]}", value=values[i]) if i < len(banks)
+               else gr.update(visible=False) for i in range(MAX_STRENGTH_SLIDERS)]
+    return [strengths_text(values), *sliders]
+
+
+def set_strength(index: int, banks: Sequence[str] | None, text: str, value: float) -> str:
+    """The ``strengths`` argument after slider ``index`` moved (banks beyond the sliders keep theirs)."""
+    banks = list(banks or [])
+    try:
+        values = strength_values(banks, text)
+    except ValueError:
+        values = [1.0] * len(banks)
+    if index < len(values):
+        values[index] = float(value)
+    return strengths_text(values)
+
+
+def refresh_bank_choices(names: Sequence[str], selected: Sequence[str] | None):
+    return gr.update(choices=list(names), value=[n for n in (selected or []) if n in names])
+
+
+def mode_description(mode: str) -> str:
+    try:
+        mode = modes.resolve_mode(mode)
+    except ValueError as error:
+        return str(error)
+    return f"*{mode}*: {modes.MODES[mode].summary}"
+
+
+def status_html(report: dict | None) -> str:
+    """The accordion's status line after a run: on which images the correction fired, at which steps."""
+    if not report or not report.get("images") and not report.get("problems"):
+        return ""
+    images = report.get("images", {})
+    fired = {int(i) + 1: entry.get("fired") or "" for i, entry in images.items()
+             if any(step.get("fired") for step in entry.get("steps", []))}
+    if not images:
+        text = "did not run"
+    elif not fired:
+        text = f"did not fire on any of {len(images)} image{'s' * (len(images) > 1)}"
+    elif len(images) <= 4:
+        text = "; ".join(f"image {i}: steps {fired[i]}" if i in fired else f"image {i}: not fired"
+                         for i in sorted(int(k) + 1 for k in images))
+    else:
+        all_steps = sorted({step["step"] for entry in images.values() for step in entry.get("steps", [])
+                            if step.get("fired") and step.get("pass") == "first"})
+        text = f"fired on {len(fired)} of {len(images)} images (steps {format_steps(all_steps)})"
+    problems = report.get("problems", [])
+    warning = (f' <span class="safe-denoiser-warning" title="{html.escape(" / ".join(problems))}">'
+               f'⚠ {len(problems)} problem{"s" * (len(problems) > 1)}</span>') if problems else ""
+    return f'<span class="safe-denoiser-status">Last run: {html.escape(text)}</span>{warning}'
+
+
+def enforced_html(names: Sequence[str]) -> str:
+    if not names:
+        return ""
+    listed = ", ".join(f"<b>{html.escape(n)}</b>" for n in names)
+    return (f'<div class="safe-denoiser-enforced">Enforced on this server: {listed}. These banks apply to '
+            f"every generation (UI and API) whatever is chosen here, and cannot be deleted, renamed or "
+            f"replaced.</div>")
+
+
+def build_accordion(is_img2img: bool, backend: Backend | None = None,
+                    accordion_class: type | None = None) -> AccordionControls:
+    """The per-generation controls; returns them in ``ARG_NAMES`` order (the script's arguments)."""
+    if backend is None:
+        backend = Backend.from_host()
+    if accordion_class is None:
+        from lib_safedenoise import host
+
+        accordion_class = host.input_accordion_class()
+    prefix = f"{ELEM_PREFIX}_{'img2img' if is_img2img else 'txt2img'}"
+    names = backend.store().names()
+    defaults = GenerationArgs(enabled=backend.default_enabled(),
+                              banks=tuple(n for n in backend.default_banks() if n in names))
+    with accordion_class(defaults.enabled, label=TAB_TITLE, elem_id=prefix) as enabled:
+        with enabled.extra():
+            status = gr.HTML("", elem_id=f"{prefix}_status")
+        gr.HTML(enforced_html(backend.enforced()), elem_id=f"{prefix}_enforced")
+        with gr.Row():
+            banks = gr.Dropdown(names, value=list(defaults.banks), multiselect=True, label="Negation banks",
+                                elem_id=f"{prefix}_banks", scale=8)
+            bank_refresh = gr.Button("\U0001f504", elem_id=f"{prefix}_banks_refresh", elem_classes=["tool"],
+                                     scale=0, min_width=40)
+        strengths = gr.Textbox(strengths_text([1.0] * len(defaults.banks)), visible=False,
+                               elem_id=f"{prefix}_strengths", label="Strengths")
+        with gr.Row():
+            sliders = [gr.Slider(*STRENGTH_RANGE, value=1.0, step=0.05, visible=i < len(defaults.banks),
+                                 label=f"Strength: {defaults.banks[i]}" if i < len(defaults.banks) else "Strength",
+                                 elem_id=f"{prefix}_strength_{i}", min_width=120)
+                       for i in range(MAX_STRENGTH_SLIDERS)]
+        with gr.Row():
+            mode = gr.Dropdown(["default", *backend.mode_names()], value=defaults.mode, label="Mode",
+                               elem_id=f"{prefix}_mode", scale=1)
+            mode_info = gr.Markdown(mode_description(defaults.mode), elem_id=f"{prefix}_mode_info")
+        with gr.Accordion("Advanced", open=False, elem_id=f"{prefix}_advanced"):
+            with gr.Row():
+                bandwidth = gr.Number(defaults.bandwidth, label="Bandwidth (0 = the mode's own)", minimum=0,
+                                      elem_id=f"{prefix}_bandwidth")
+                threshold = gr.Number(defaults.threshold, label="Threshold (negative = the mode's own)",
+                                      elem_id=f"{prefix}_threshold")
+            with gr.Row():
+                window_start = gr.Slider(0.0, 1.0, value=defaults.window_start, step=0.01, label="Window start",
+                                         elem_id=f"{prefix}_window_start")
+                window_end = gr.Slider(0.0, 1.0, value=defaults.window_end, step=0.01, label="Window end",
+                                       elem_id=f"{prefix}_window_end")
+        status_refresh = gr.Button("Refresh status", visible=False, elem_id=f"{prefix}_status_refresh")
+
+    bank_refresh.click(lambda selected: refresh_bank_choices(backend.store().names(), selected),
+                       inputs=[banks], outputs=[banks], queue=False)
+    for source in (banks, strengths):
+        source.change(sync_strength_sliders, inputs=[banks, strengths], outputs=[strengths, *sliders], queue=False)
+    for index, slider in enumerate(sliders):
+        slider.input(lambda b, t, v, index=index: set_strength(index, b, t, v), inputs=[banks, strengths, slider],
+                     outputs=[strengths], queue=False)
+    mode.change(mode_description, inputs=[mode], outputs=[mode_info], queue=False)
+    status_refresh.click(lambda: status_html(backend.last_report()), outputs=[status], queue=False)
+
+    components = [enabled, banks, strengths, mode, bandwidth, window_start, window_end, threshold]
+    assert len(components) == len(ARG_NAMES)
+    return AccordionControls(components, status, status_refresh, bank_refresh, sliders)
+
+
+# --------------------------------------------------------------------------- the tab: handlers
+
+def human_size(size: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return ""
+
+
+def bank_rows(entries: Sequence[dict], model_loaded: bool) -> list[list]:
+    rows = []
+    for e in entries:
+        if e.get("compatible") is None:
+            compatible = "no model loaded" if not model_loaded else "?"
+        else:
+            compatible = "yes" if e["compatible"] else "no: " + e.get("compatibility", "")
+        shape = "x".join(str(d) for d in e.get("latent_shape", []))
+        rows.append([e["name"], e.get("title", ""), e.get("count", ""),
+                     f"{e.get('latent_space', '?')} ({shape})" if shape else "?", human_size(e["size_bytes"]),
+                     compatible, "yes" if e.get("enforced") else "", e.get("problem", "")])
+    return rows
+
+
+def bank_card_html(entry: dict | None) -> str:
+    if not entry:
+        return ""
+    card = entry.get("card") or {}
+    lines = [f"<b>{html.escape(card.get('title') or entry['name'])}</b>"
+             f" ({entry.get('count', '?')} images, {html.escape(str(entry.get('latent_space', '?')))}, "
+             f"hash {html.escape(entry.get('short_hash', '?'))})"]
+    lines += [f"{name.replace('_', ' ')}: {html.escape(value)}" for name, value in card.items()
+              if value and name != "title"]
+    if entry.get("settings"):
+        lines.append(f"recommended settings: {html.escape(str(entry['settings']))}")
+    if entry.get("problem"):
+        lines.append(f'<span class="safe-denoiser-error">{html.escape(entry["problem"])}</span>')
+    if entry.get("enforced"):
+        lines.append("<i>enforced on this server: it cannot be deleted, renamed or replaced</i>")
+    return '<div class="safe-denoiser-card">' + "<br>".join(lines) + "</div>"
+
+
+def message_html(text: str, *, error: bool = False) -> str:
+    return f'<div class="safe-denoiser-{"error" if error else "message"}">{html.escape(text)}</div>' if text else ""
+
+
+def upload_path(upload: Any) -> Path:
+    """The file behind a gradio upload: a path, or (gradio 3.41 ``type="file"``) a wrapper naming it."""
+    return Path(upload if isinstance(upload, (str, os.PathLike)) else upload.name)
+
+
+def read_uploads(files: Sequence[Any] | None) -> list[tuple[str, bytes]]:
+    """``(file name, bytes)`` of gradio uploads, reading each into memory and deleting its temporary files
+    (gradio 3.41 also leaves an empty NamedTemporaryFile behind each upload's wrapper)."""
+    uploads = []
+    for item in files or []:
+        path = upload_path(item)
+        try:
+            uploads.append((path.name, path.read_bytes()))
+        finally:
+            path.unlink(missing_ok=True)
+            leftover = getattr(getattr(item, "file", None), "name", None)
+            if isinstance(leftover, str) and leftover != str(path):
+                item.file.close()
+                Path(leftover).unlink(missing_ok=True)
+    return uploads
+
+
+def progress_html(done: int, total: int, label: str) -> str:
+    if total <= 0:
+        return '<div class="safe-denoiser-progress">Starting…</div>'
+    return (f'<div class="safe-denoiser-progress"><progress max="{total}" value="{done}"></progress> '
+            f'{done} / {total} files · {html.escape(os.path.basename(label))}</div>')
+
+
+def report_html(report: BuildReport | None, error: str = "") -> str:
+    parts = []
+    if error:
+        parts.append(message_html(error, error=True))
+    if report is not None:
+        if report.bank_count:
+            counts = ", ".join(f"{n} {status}" for status, n in report.counts().items())
+            parts.append(message_html(f"Bank {Path(report.path).stem} ({report.short_hash}): {report.bank_count} "
+                                      f"images, in {report.seconds:.1f} s ({counts})"))
+        rows = "".join(f'<tr class="safe-denoiser-file-{html.escape(f.status)}"><td>{html.escape(Path(f.source).name)}'
+                       f"</td><td>{html.escape(f.status)}</td><td>{html.escape(f.detail)}</td></tr>"
+                       for f in report.files)
+        parts.append('<table class="safe-denoiser-report"><thead><tr><th>File</th><th>Status</th><th>Detail</th>'
+                     f"</tr></thead><tbody>{rows}</tbody></table>")
+    return "".join(parts)
+
+
+def gate_plot(report: dict | None):
+    """A matplotlib figure of the last generation's gate signal per step and image (beta where the mode
+    gives one, else 1 where it fired), one panel per sampling pass; None when there is nothing to show."""
+    images = (report or {}).get("images") or {}
+    if not images:
+        return None
+    from matplotlib.figure import Figure
+
+    passes = [p for p in ("first", "hires") if any(s["pass"] == p for e in images.values() for s in e["steps"])]
+    figure = Figure(figsize=(7, 2.6 * len(passes)), dpi=100, layout="constrained")
+    axes = figure.subplots(len(passes), 1, squeeze=False)[:, 0]
+    for ax, pass_name in zip(axes, passes):
+        uses_beta = False
+        for image_id, entry in sorted(images.items(), key=lambda kv: int(kv[0])):
+            steps = [s for s in entry["steps"] if s["pass"] == pass_name]
+            if not steps:
+                continue
+            uses_beta |= any(s["beta"] is not None for s in steps)
+            values = [s["beta"] if s["beta"] is not None else float(s["fired"]) for s in steps]
+            line, = ax.plot([s["step"] for s in steps], values, marker=".", label=f"image {int(image_id) + 1}")
+            fired = [(s["step"], v) for s, v in zip(steps, values) if s["fired"]]
+            if fired:
+                ax.scatter(*zip(*fired), color=line.get_color(), s=40, zorder=3)
+        ax.set_title(f"{'first pass' if pass_name == 'first' else 'hires pass'} (large dots: correction fired)",
+                     fontsize=9)
+        ax.set_xlabel("sampling step")
+        ax.set_ylabel("gate β" if uses_beta else "fired")
+        ax.grid(alpha=0.3)
+        if len(images) <= 10:
+            ax.legend(fontsize=7, loc="upper right")
+    return figure
+
+
+class TabHandlers:
+    """The tab's event handlers, over one ``BankService``."""
+
+    def __init__(self, service: BankService):
+        self.service = service
+
+    def listing(self, selected: str | None = None) -> tuple[list[list], Any, list[dict]]:
+        entries = self.service.list()
+        names = [e["name"] for e in entries]
+        rows = bank_rows(entries, self.service.backend.model_space() is not None)
+        return rows, gr.update(choices=names, value=selected if selected in names else None), entries
+
+    def refresh(self, selected: str | None):
+        rows, dropdown, entries = self.listing(selected)
+        entry = next((e for e in entries if e["name"] == selected), None)
+        return rows, dropdown, bank_card_html(entry), enforced_html(self.service.backend.enforced())
+
+    def select(self, name: str | None) -> str:
+        if not name:
+            return ""
+        try:
+            entry = next((e for e in self.service.list() if e["name"] == name), None)
+        except BankError as error:
+            return message_html(str(error), error=True)
+        return bank_card_html(entry)
+
+    def build(self, files, folder: str, name: str, overwrite: bool, *card_values: str):
+        """Generator of ``(progress, report, table, bank dropdown)`` updates while the bank builds."""
+        name = (name or "").strip()
+        folder = (folder or "").strip()
+        unchanged = (gr.update(), gr.update())
+        if not name:
+            yield "", report_html(None, "Give the bank a name."), *unchanged
+            return
+        if files and folder:
+            read_uploads(files)
+            yield "", report_html(None, "Choose uploaded images or a server folder, not both."), *unchanged
+            return
+        if not files and not folder:
+            yield "", report_html(None, "Upload images or name a server folder."), *unchanged
+            return
+        card = {key: value for key, value in zip(CARD_FIELDS, card_values) if value}
+        state = {"done": 0, "total": 0, "label": ""}
+        outcome: dict[str, Any] = {}
+
+        def progress(done: int, total: int, label: str) -> None:
+            state.update(done=done, total=total, label=label)
+
+        def run() -> None:
+            try:
+                if folder:
+                    outcome["report"] = self.service.build_from_folder(folder, name, overwrite=overwrite,
+                                                                       progress=progress, card=card)
+                else:
+                    outcome["report"] = self.service.build(read_uploads(files), name, overwrite=overwrite,
+                                                           progress=progress, card=card)
+            except (BankError, EnforcementError, PermissionError, OSError, ValueError) as error:
+                outcome["error"], outcome["report"] = str(error), getattr(error, "report", None)
+
+        worker = threading.Thread(target=run, name="safe-denoiser-build", daemon=True)
+        worker.start()
+        while worker.is_alive():
+            yield progress_html(state["done"], state["total"], state["label"]), gr.update(), *unchanged
+            worker.join(0.3)
+        rows, dropdown, _ = self.listing(name)
+        yield (progress_html(state["done"], state["total"], "done" if "error" not in outcome else "stopped"),
+               report_html(outcome.get("report"), outcome.get("error", "")), rows, dropdown)
+
+    def cancel(self) -> str:
+        count = self.service.cancel_builds()
+        return message_html("Cancelling the build…" if count else "No build is running.")
+
+    def _after_change(self, message: str, selected: str | None, *, error: bool = False):
+        rows, dropdown, entries = self.listing(selected)
+        entry = next((e for e in entries if e["name"] == selected), None)
+        return message_html(message, error=error), rows, dropdown, bank_card_html(entry)
+
+    def delete(self, name: str | None, confirmed: bool):
+        if not name:
+            return self._after_change("Choose a bank first.", None, error=True)
+        if not confirmed:
+            return self._after_change(f"Kept {name}: deletion was not confirmed.", name)
+        try:
+            self.service.delete(name)
+        except (BankError, EnforcementError, OSError) as error:
+            return self._after_change(str(error), name, error=True)
+        return self._after_change(f"Deleted {name}.", None)
+
+    def rename(self, name: str | None, new_name: str):
+        if not name or not (new_name or "").strip():
+            return self._after_change("Choose a bank and type its new name.", name, error=True)
+        try:
+            renamed = self.service.rename(name, new_name.strip())
+        except (BankError, EnforcementError, OSError) as error:
+            return self._after_change(str(error), name, error=True)
+        return self._after_change(f"Renamed {name} to {renamed}.", renamed)
+
+    def inspect(self, name: str | None):
+        if not name:
+            return gr.update(value=None, visible=False), message_html("Choose a bank first.", error=True)
+        try:
+            return gr.update(value=self.service.inspect(name), visible=True), ""
+        except (BankError, OSError) as error:
+            return gr.update(value=None, visible=False), message_html(str(error), error=True)
+
+    def export(self, name: str | None, settings_only: bool):
+        if not name:
+            return gr.update(value=None), message_html("Choose a bank first.", error=True)
+        try:
+            path = self.service.export(name, settings_only=settings_only)
+        except (BankError, OSError) as error:
+            return gr.update(value=None), message_html(str(error), error=True)
+        return gr.update(value=str(path), visible=True), message_html(f"Exported {path.name}.")
+
+    def read_preset(self, upload):
+        """Show a preset's card; installing is enabled only once its card has been shown."""
+        if upload is None:
+            return "", gr.update(interactive=False)
+        try:
+            preset = self.service.read_preset(upload_path(upload))
+        except (BankError, OSError, ValueError) as error:
+            return message_html(str(error), error=True), gr.update(interactive=False)
+        card = html.escape(card_text(preset)).replace("\n", "<br>")
+        return f'<div class="safe-denoiser-card">{card}</div>', gr.update(interactive=True)
+
+    def install_preset(self, upload, name: str, overwrite: bool, selected: str | None):
+        if upload is None:
+            return (*self._after_change("Choose a preset file first.", selected, error=True),
+                    gr.update(interactive=False))
+        path = upload_path(upload)
+        try:
+            installed = self.service.install_preset(path, name=(name or "").strip() or None, overwrite=overwrite)
+        except (BankError, EnforcementError, OSError, ValueError) as error:
+            return *self._after_change(str(error), selected, error=True), gr.update(interactive=True)
+        path.unlink(missing_ok=True)
+        return *self._after_change(f"Installed {installed}.", installed), gr.update(interactive=False)
+
+    def plot(self):
+        report = self.service.backend.last_report()
+        figure = gate_plot(report)
+        note = "" if figure is not None else message_html("No generation with Safe Denoiser has finished yet.")
+        return figure, note
+
+
+# --------------------------------------------------------------------------- the tab: layout
+
+def build_tab(backend: Backend | None = None) -> gr.Blocks:
+    """The "Safe Denoiser" tab as a ``gr.Blocks`` for ``on_ui_tabs``."""
+    service = BankService(backend or Backend.from_host())
+    handlers = TabHandlers(service)
+    backend = service.backend
+    p = f"{ELEM_PREFIX}_tab"
+    rows, _, entries = handlers.listing()
+    names = [e["name"] for e in entries]
+    with gr.Blocks(analytics_enabled=False) as tab:
+        enforced = gr.HTML(enforced_html(backend.enforced()), elem_id=f"{p}_enforced")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, elem_id=f"{p}_build_column"):
+                gr.Markdown("### Build a bank\nImages of what generations should avoid; they are encoded with "
+                            "the loaded model's VAE, and only their latents are kept.")
+                name = gr.Textbox(label="Bank name", elem_id=f"{p}_name", max_lines=1)
+                files = gr.File(file_count="multiple", file_types=["image"], label="Images",
+                                elem_id=f"{p}_files")
+                folder = gr.Textbox(label="…or a folder on the server", elem_id=f"{p}_folder", max_lines=1,
+                                    visible=backend.folder_inputs_allowed())
+                with gr.Accordion("Card (shown to whoever uses the bank)", open=False, elem_id=f"{p}_card_fields"):
+                    card_inputs = [gr.Textbox(label=field_name.replace("_", " ").capitalize(), max_lines=1,
+                                              elem_id=f"{p}_card_{field_name}") for field_name in CARD_FIELDS]
+                overwrite = gr.Checkbox(False, label="Replace a bank of the same name", elem_id=f"{p}_overwrite")
+                with gr.Row():
+                    build = gr.Button("Build bank", variant="primary", elem_id=f"{p}_build")
+                    cancel = gr.Button("Cancel", elem_id=f"{p}_cancel")
+                progress = gr.HTML("", elem_id=f"{p}_progress")
+                report = gr.HTML("", elem_id=f"{p}_report")
+            with gr.Column(scale=1, elem_id=f"{p}_banks_column"):
+                gr.Markdown("### Banks")
+                table = gr.Dataframe(rows, headers=BANK_COLUMNS, interactive=False, wrap=True,
+                                     elem_id=f"{p}_table")
+                with gr.Row():
+                    selected = gr.Dropdown(names, value=None, label="Bank", elem_id=f"{p}_selected", scale=8)
+                    refresh = gr.Button("\U0001f504", elem_id=f"{p}_refresh", elem_classes=["tool"], scale=0,
+                                        min_width=40)
+                card = gr.HTML("", elem_id=f"{p}_card")
+                with gr.Row():
+                    inspect = gr.Button("Inspect", elem_id=f"{p}_inspect")
+                    export = gr.Button("Export bank", elem_id=f"{p}_export")
+                    export_settings = gr.Button("Export settings", elem_id=f"{p}_export_settings")
+                    delete = gr.Button("Delete", variant="stop", elem_id=f"{p}_delete")
+                with gr.Row():
+                    new_name = gr.Textbox(label="New name", elem_id=f"{p}_new_name", max_lines=1, scale=3)
+                    rename = gr.Button("Rename", elem_id=f"{p}_rename", scale=1)
+                message = gr.HTML("", elem_id=f"{p}_message")
+                details = gr.JSON(visible=False, elem_id=f"{p}_details")
+                download = gr.File(label="Exported file", interactive=False, visible=False, elem_id=f"{p}_download")
+                with gr.Accordion("Import a preset", open=False, elem_id=f"{p}_import"):
+                    preset_file = gr.File(file_count="single", file_types=[".safetensors", ".json"],
+                                          label="Bank (.safetensors) or settings preset (.preset.json)",
+                                          elem_id=f"{p}_preset_file")
+                    preset_card = gr.HTML("", elem_id=f"{p}_preset_card")
+                    with gr.Row():
+                        preset_name = gr.Textbox(label="Install as (optional)", max_lines=1,
+                                                 elem_id=f"{p}_preset_name")
+                        preset_overwrite = gr.Checkbox(False, label="Replace", elem_id=f"{p}_preset_overwrite")
+                    install = gr.Button("Install", interactive=False, elem_id=f"{p}_install")
+        with gr.Accordion("Last generation: gate signal per step", open=False, elem_id=f"{p}_plot_section"):
+            plot = gr.Plot(elem_id=f"{p}_plot")
+            plot_note = gr.HTML("", elem_id=f"{p}_plot_note")
+            plot_refresh = gr.Button("Show the last generation", elem_id=f"{p}_plot_refresh")
+        confirmed = gr.Checkbox(False, visible=False, elem_id=f"{p}_delete_confirmed")
+
+        changed = [message, table, selected, card]
+        build.click(handlers.build, inputs=[files, folder, name, overwrite, *card_inputs],
+                    outputs=[progress, report, table, selected])
+        cancel.click(handlers.cancel, outputs=[message], queue=False)
+        refresh.click(handlers.refresh, inputs=[selected], outputs=[table, selected, card, enforced])
+        selected.change(handlers.select, inputs=[selected], outputs=[card])
+        delete.click(handlers.delete, _js="safeDenoiserConfirmDelete", inputs=[selected, confirmed], outputs=changed)
+        rename.click(handlers.rename, inputs=[selected, new_name], outputs=changed)
+        inspect.click(handlers.inspect, inputs=[selected], outputs=[details, message])
+        export.click(lambda n: handlers.export(n, False), inputs=[selected], outputs=[download, message])
+        export_settings.click(lambda n: handlers.export(n, True), inputs=[selected], outputs=[download, message])
+        preset_file.change(handlers.read_preset, inputs=[preset_file], outputs=[preset_card, install])
+        install.click(handlers.install_preset, inputs=[preset_file, preset_name, preset_overwrite, selected],
+                      outputs=[*changed, install])
+        plot_refresh.click(handlers.plot, outputs=[plot, plot_note])
+    return tab

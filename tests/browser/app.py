@@ -1,0 +1,82 @@
+"""A small real-gradio page standing in for the WebUI: a txt2img column with our accordion and a "Generate"
+button, and the "Safe Denoiser" tab, with the page scripts injected the way modules/ui_gradio_extensions.py
+does (the WebUI patches ``gradio.routes.templates.TemplateResponse`` to add every extension's
+``javascript/*.js`` before ``</head>`` and its ``style.css`` before ``</body>``).
+
+"Generate" stands in for a txt2img run: it parses the script arguments the accordion hands over, records a
+report as ``extension.end_generation`` does, and rewrites ``#html_info_txt2img`` as the WebUI does at the
+end of a run.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import gradio as gr
+
+from lib_safedenoise import extension, ui
+from lib_safedenoise.generation_args import GenerationArgs
+
+REPO = Path(__file__).resolve().parents[2]
+PAGE_SCRIPTS = [Path(__file__).with_name("webui_page.js"), *sorted((REPO / "javascript").glob("*.js"))]
+STYLESHEET = REPO / "style.css"
+
+
+def inject_page_scripts() -> None:
+    scripts = "".join(f"<script type=\"text/javascript\">{path.read_text()}</script>\n" for path in PAGE_SCRIPTS)
+    css = f"<style>{STYLESHEET.read_text()}</style>"
+    original = getattr(gr.routes.templates, "safe_denoiser_original_response", gr.routes.templates.TemplateResponse)
+    gr.routes.templates.safe_denoiser_original_response = original
+
+    def template_response(*args, **kwargs):
+        response = original(*args, **kwargs)
+        response.body = response.body.replace(b"</head>", scripts.encode() + b"</head>")
+        response.body = response.body.replace(b"</body>", css.encode() + b"</body>")
+        response.init_headers()
+        return response
+
+    gr.routes.templates.TemplateResponse = template_response
+
+
+def fake_generation(report: dict) -> callable:
+    def generate(prompt: str, *script_args):
+        args = GenerationArgs.from_script_args(script_args)
+        if args.enabled:
+            extension.remember_report(report)
+        info = f"<p>{prompt or 'a photo'}</p><p>Safe Denoiser: {'on' if args.enabled else 'off'}</p>"
+        return json.dumps(args.to_script_args()), info
+    return generate
+
+
+def build_page(backend, report: dict) -> gr.Blocks:
+    tab = ui.build_tab(backend)
+    with gr.Blocks(title="Safe Denoiser test page", analytics_enabled=False) as page:
+        with gr.Tabs(elem_id="tabs"):
+            with gr.Tab("txt2img", elem_id="tab_txt2img"):
+                prompt = gr.Textbox("a photo of a cat", label="Prompt", elem_id="txt2img_prompt")
+                controls = ui.build_accordion(False, backend)
+                generate = gr.Button("Generate", variant="primary", elem_id="txt2img_generate")
+                received = gr.Textbox(label="Script arguments received", elem_id="txt2img_script_args")
+                html_info = gr.HTML(elem_id="html_info_txt2img")
+            with gr.Tab(ui.TAB_TITLE, elem_id="tab_safe_denoiser_tab"):
+                tab.render()
+        generate.click(fake_generation(report), inputs=[prompt, *controls.components], outputs=[received, html_info])
+    return page
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(backend, report: dict) -> tuple[gr.Blocks, str]:
+    inject_page_scripts()
+    page = build_page(backend, report)
+    page.queue()
+    port = free_port()
+    page.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                show_error=True)
+    return page, f"http://127.0.0.1:{port}/"

@@ -1,0 +1,70 @@
+"""The efficacy benchmark harness on the committed digits models: a small real run of the baseline and
+the negative-prompt analogue, the statistics and the outputs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from lib_safedenoise.bench import efficacy
+
+NEGATE = 1
+
+
+@pytest.fixture(scope="module")
+def small_run():
+    return efficacy.evaluate(negate=NEGATE, seed=0, samples=60, sampler="euler", steps=12, cfg_scale=2.0,
+                             report_cfg=None, methods=["none", "negative_prompt"], batch=60, log=lambda m: None)
+
+
+def test_baseline_produces_the_negated_class_and_memorises(small_run):
+    none = small_run["methods"]["none"]
+    assert none["negated_rate"] >= 0.9
+    assert none["collateral_accuracy_drop_pts"] == 0 and none["collateral_fid_increase_pct"] == 0
+    assert 0.0 <= none["unconditional_share"] <= 0.35
+    assert none["memorised_rate"] >= 0.2
+    low, high = none["ci95"]["negated_rate"]
+    assert low <= none["negated_rate"] <= high
+    assert none["realism_confidence"] >= 0.8
+
+
+def test_negative_prompt_lowers_the_negated_rate(small_run):
+    none, negative = small_run["methods"]["none"], small_run["methods"]["negative_prompt"]
+    assert negative["negated_rate"] <= none["negated_rate"] - 0.3
+    assert negative["unconditional_share"] <= none["unconditional_share"]
+    assert negative["memorised_rate"] is None  # no label names five particular images
+
+
+def test_json_and_figures(tmp_path):
+    path = tmp_path / "result.json"
+    code = efficacy.main(["--negate", "7", "--samples", "12", "--steps", "6", "--report-cfg", "4",
+                          "--methods", "none", "negative_prompt", "--json", str(path), "--out", str(tmp_path)])
+    assert code == 0
+    result = json.loads(path.read_text())
+    assert result["negate"] == 7 and result["seed"] == 0
+    for name in ("none", "negative_prompt"):
+        assert set(efficacy.REQUIRED_METRICS) <= set(result["methods"][name])
+        assert "negated_rate_cfg4" in result["methods"][name]
+    for figure in ("efficacy_samples.png", "efficacy_metrics.png"):
+        assert (tmp_path / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_markdown_table_lists_every_method(small_run):
+    table = efficacy.markdown_table(small_run)
+    assert table.count("\n") == 3 and "| negative_prompt |" in table and "n/a" in table
+
+
+def test_bad_options_are_reported(capsys):
+    assert efficacy.main(["--negate", "12", "--samples", "4"]) == 2
+    assert "0..9" in capsys.readouterr().err
+    assert efficacy.main(["--methods", "nonsense", "--samples", "4"]) == 2
+
+
+def test_wilson_interval():
+    low, high = efficacy.wilson_interval(0, 50)
+    assert low == 0 and 0.05 < high < 0.1
+    low, high = efficacy.wilson_interval(25, 50)
+    assert low < 0.5 < high and math.isclose(0.5 - low, high - 0.5, rel_tol=1e-9)
+    assert efficacy.wilson_interval(250, 500)[1] - efficacy.wilson_interval(250, 500)[0] < high - low

@@ -1,0 +1,219 @@
+"""The accordion and the tab with real gradio 3.41 on the host stub: layout contract, handlers, files on disk."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import gradio as gr
+import pytest
+from PIL import Image
+
+from lib_safedenoise import ui
+from lib_safedenoise.generation_args import ARG_NAMES, GenerationArgs
+from tests.browser import ui_session
+from tests.images import write_broken, write_photos
+
+
+@pytest.fixture
+def session(tmp_path):
+    return ui_session.start(tmp_path)
+
+
+def uploads_of(paths):
+    """What gradio 3.41 hands a ``gr.File(type="file")`` handler: wrappers whose ``name`` is the upload's path."""
+    class Upload:
+        def __init__(self, path):
+            self.name = str(path)
+    return [Upload(p) for p in paths]
+
+
+def photo_bank(session, tmp_path, name="photos"):
+    photos = write_photos(tmp_path / "photos")
+    return session.build_bank(name, [(n, p.read_bytes()) for n, p in list(photos.items())[:3]])
+
+
+def test_accordion_returns_the_script_arguments_in_order_with_defaults_from_settings(tmp_path):
+    session = ui_session.start(tmp_path, default_enabled=True, default_banks=["photos", "gone"])
+    photo_bank(session, tmp_path)
+    with gr.Blocks():
+        controls = ui.build_accordion(False, session.backend)
+    from modules.ui_components import InputAccordion
+
+    assert len(controls.components) == len(ARG_NAMES)
+    enabled, banks, strengths, mode, bandwidth, start, end, threshold = controls.components
+    assert isinstance(enabled, InputAccordion) and enabled.value is True
+    assert enabled.accordion_id == "safe_denoiser_txt2img"
+    assert banks.choices == ["photos"] and banks.value == ["photos"]  # a missing default bank is dropped
+    assert "default" in mode.choices and "contrastive" in mode.choices
+    values = [c.value for c in controls.components]
+    parsed = GenerationArgs.from_script_args(values)
+    assert parsed == GenerationArgs(enabled=True, banks=("photos",), strengths=(1.0,))
+
+
+def test_building_the_accordion_changes_nothing(session, tmp_path):
+    from modules import script_callbacks
+
+    photo_bank(session, tmp_path)
+    before = (sorted(os.listdir(session.bank_dir)), dict(session.shared.opts.data),
+              {k: len(v) for k, v in script_callbacks.callback_map.items()})
+    for is_img2img in (False, True, False):
+        with gr.Blocks():
+            ui.build_accordion(is_img2img, session.backend)
+    after = (sorted(os.listdir(session.bank_dir)), dict(session.shared.opts.data),
+             {k: len(v) for k, v in script_callbacks.callback_map.items()})
+    assert after == before
+
+
+def test_strength_sliders_follow_the_selected_banks_and_keep_extra_strengths():
+    strengths, *sliders = ui.sync_strength_sliders(["a", "b"], "0.5")
+    assert strengths == "0.5, 0.5"
+    assert [s["visible"] for s in sliders] == [True, True] + [False] * (ui.MAX_STRENGTH_SLIDERS - 2)
+    assert sliders[1]["label"] == "Strength: b" and sliders[1]["value"] == 0.5
+    banks = [f"b{i}" for i in range(ui.MAX_STRENGTH_SLIDERS + 2)]
+    text = ", ".join(str(i / 10) for i in range(len(banks)))
+    moved = ui.set_strength(1, banks, text, 2.5)
+    expected = [i / 10 for i in range(len(banks))]
+    expected[1] = 2.5
+    assert GenerationArgs.from_script_args([True, banks, moved]).strengths == tuple(expected)
+
+
+def test_status_line_names_images_and_steps():
+    line = ui.status_html(ui_session.sample_report())
+    assert "image 1: steps 1-2, hires 1" in line and "image 2: not fired" in line
+    assert ui.status_html({}) == ""
+    problems = ui.status_html({"images": {}, "problems": ["bank x is missing"]})
+    assert "did not run" in problems and "1 problem" in problems and "bank x is missing" in problems
+
+
+def test_gate_plot_draws_one_line_per_image_per_pass(tmp_path):
+    figure = ui.gate_plot(ui_session.sample_report())
+    first, hires = figure.axes
+    assert [line.get_label() for line in first.get_lines()] == ["image 1", "image 2"]
+    assert list(first.get_lines()[0].get_ydata()) == [0.9, 0.4, 0.0, 0.0, 0.0, 0.0]
+    assert [line.get_label() for line in hires.get_lines()] == ["image 1"]
+    figure.savefig(tmp_path / "plot.png")
+    assert Image.open(tmp_path / "plot.png").size[0] > 300
+    assert ui.gate_plot({}) is None
+
+
+def test_build_streams_progress_reports_every_file_and_deletes_the_uploads(session, tmp_path):
+    photos = write_photos(tmp_path / "upload")
+    broken = write_broken(tmp_path / "upload")
+    paths = [photos["astronaut.png"], broken["truncated.jpg"][0], photos["coffee.jpg"], broken["notes.png"][0]]
+    handlers = ui.TabHandlers(ui.BankService(session.backend))
+    locked = []
+    build = session.backend.store().build
+
+    def watching_build(*args, progress, **kwargs):  # the real build, noting whether the queue lock is held
+        return build(*args, progress=lambda *p: (locked.append(session.queue_lock.locked()), progress(*p)),
+                     **kwargs)
+    session.backend.store().build = watching_build
+    updates = list(handlers.build(uploads_of(paths), "", "mixed", False, "Mixed", "", "", "", ""))
+    progress, report, rows, dropdown = updates[-1]
+    assert locked and all(locked)
+    assert "4 / 4 files" in progress
+    assert report.count("<tr class=") == 4
+    for name, status in [("astronaut.png", "added"), ("truncated.jpg", "truncated"), ("notes.png", "not-an-image")]:
+        assert f"<td>{name}</td><td>{status}</td>" in report
+    assert "Bank mixed" in report and "2 images" in report
+    assert [row[0] for row in rows] == ["mixed"] and dropdown["value"] == "mixed"
+    assert not any(p.exists() for p in paths)
+    assert session.backend.store().inspect("mixed")["title"] == "Mixed"
+
+
+def test_build_refuses_missing_names_both_sources_and_server_folders_when_hidden(tmp_path):
+    session = ui_session.start(tmp_path, hide_ui_dir_config=True)
+    handlers = ui.TabHandlers(ui.BankService(session.backend))
+    photos = write_photos(tmp_path / "folder")
+    (_, first, *_), = list(handlers.build([], "", "x", False, *[""] * 5))
+    assert "Give the bank a name" not in first and "Upload images or name a server folder" in first
+    (*_, report, _, _), = list(handlers.build([], str(tmp_path / "folder"), "x", False, *[""] * 5))
+    assert "reading server folders is disabled" in report
+    (*_, report, _, _), = list(handlers.build(uploads_of([photos["coffee.jpg"]]), str(tmp_path / "folder"), "x",
+                                               False, *[""] * 5))
+    assert "not both" in report
+    assert session.backend.store().names() == []
+    tab = ui.build_tab(session.backend)  # on_ui_tabs runs before the page's own Blocks opens
+    folder = next(b for b in tab.blocks.values() if getattr(b, "elem_id", None) == "safe_denoiser_tab_folder")
+    assert folder.visible is False
+
+
+def test_listen_without_insecure_access_also_hides_the_folder_input(tmp_path):
+    session = ui_session.start(tmp_path, disable_extension_access=True)
+    assert session.backend.folder_inputs_allowed() is False
+    assert ui_session.start(tmp_path).backend.folder_inputs_allowed() is True
+
+
+def test_listing_shows_card_size_space_and_compatibility(session, tmp_path):
+    photo_bank(session, tmp_path)
+    handlers = ui.TabHandlers(ui.BankService(session.backend))
+    rows, _, _ = handlers.listing()
+    assert rows[0][:4] == ["photos", "photos", 3, "test (4x4x4)"] and rows[0][5] == "no model loaded"
+    session.load_model("sd1")
+    rows, _, _ = handlers.listing()
+    assert rows[0][5].startswith("no: ") and "SD1" in rows[0][5]
+    session.load_model("test")
+    rows, _, _ = handlers.listing()
+    assert rows[0][5] == "yes"
+    assert "3 images" in handlers.select("photos")
+
+
+def test_delete_needs_confirmation_and_enforced_banks_stay(tmp_path):
+    session = ui_session.start(tmp_path, enforce="guarded")
+    photo_bank(session, tmp_path, "photos")
+    photo_bank(session, tmp_path, "guarded")
+    handlers = ui.TabHandlers(ui.BankService(session.backend))
+    message, *_ = handlers.delete("photos", False)
+    assert "not confirmed" in message and (session.bank_dir / "photos.safetensors").exists()
+    message, rows, _, _ = handlers.delete("guarded", True)
+    assert "enforced" in message and (session.bank_dir / "guarded.safetensors").exists()
+    message, *_ = handlers.rename("guarded", "other")
+    assert "enforced" in message and (session.bank_dir / "guarded.safetensors").exists()
+    message, *_ = handlers.rename("photos", "guarded")
+    assert "enforced" in message
+    message, rows, _, _ = handlers.delete("photos", True)
+    assert message.endswith("Deleted photos.</div>") and [r[0] for r in rows] == ["guarded"]
+    assert [r[6] for r in rows] == ["yes"]
+    tab = ui.build_tab(session.backend)
+    banner = next(b for b in tab.blocks.values() if getattr(b, "elem_id", None) == "safe_denoiser_tab_enforced")
+    assert "guarded" in banner.value and "cannot be deleted" in banner.value
+    replaced = list(handlers.build(uploads_of([write_photos(tmp_path / "again")["coffee.jpg"]]), "", "guarded",
+                                   True, *[""] * 5))[-1]
+    assert "enforced" in replaced[1]
+
+
+def test_export_then_import_shows_the_card_before_installing(session, tmp_path):
+    photo_bank(session, tmp_path)
+    service = ui.BankService(session.backend)
+    handlers = ui.TabHandlers(service)
+    session.backend.store().save_settings("photos", None, description="cats to avoid", license="CC0")
+    download, message = handlers.export("photos", False)
+    exported = Path(download["value"])
+    assert exported.name == "photos.safetensors" and "Exported" in message
+    handlers.delete("photos", True)
+    assert not any(session.bank_dir.iterdir())
+    card, install = handlers.read_preset(exported)
+    assert "cats to avoid" in card and "CC0" in card and install["interactive"] is True
+    assert not any(session.bank_dir.iterdir())  # reading the card installs nothing
+    message, rows, _, _, install = handlers.install_preset(exported, "restored", False, None)
+    assert "Installed restored" in message and [r[0] for r in rows] == ["restored"]
+    settings_file = Path(handlers.export("restored", True)[0]["value"])
+    assert settings_file.name == "restored.preset.json"
+    assert json.loads(settings_file.read_text())["card"]["description"] == "cats to avoid"
+    bad, install = handlers.read_preset(tmp_path / "photos" / "astronaut.png")
+    assert "safe-denoiser-error" in bad and install["interactive"] is False
+
+
+def test_inspect_and_plot_handlers(tmp_path):
+    session = ui_session.start(tmp_path, last_report=ui_session.sample_report())
+    photo_bank(session, tmp_path)
+    handlers = ui.TabHandlers(ui.BankService(session.backend))
+    details, _ = handlers.inspect("photos")
+    assert details["visible"] and details["value"]["metadata"]["latent_space"] == "test"
+    figure, note = handlers.plot()
+    assert figure is not None and note == ""
+    ui_session.start(tmp_path)
+    figure, note = handlers.plot()
+    assert figure is None and "No generation" in note

@@ -1,0 +1,75 @@
+"""Enforced banks (launch flag and setting) cannot be switched off through API args, settings or the bank API."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+from webui_server import EXTENSION_LINK_NAME, REPO_ROOT, SD1_BANK, script_args, write_bank
+
+sys.path.insert(0, str(REPO_ROOT))
+from lib_safedenoise import extension  # noqa: E402
+
+pytestmark = pytest.mark.webui
+
+SETTING_BANK = "webui-suite-sd1-setting"
+
+
+@pytest.fixture
+def enforced_webui(webui_pool):
+    write_bank(webui_pool.data_dir / "models" / "safe-denoiser", SETTING_BANK, "sd1", seed=11)
+    return webui_pool.start(extra_args=(extension.ENFORCE_FLAG, SD1_BANK),
+                            settings={extension.SETTING_ENFORCED_BANKS: SETTING_BANK})
+
+
+def enforced_banks(webui, infotext: str) -> list[str]:
+    value = webui.parse_infotext(infotext)[extension.INFOTEXT_ENFORCED_KEY]
+    return list(extension.parse_infotext(value).args.banks)
+
+
+def test_enforced_banks_apply_when_the_request_turns_the_extension_off(enforced_webui, webui_pool, webui_config):
+    result = enforced_webui.txt2img(alwayson_scripts=script_args(enabled=False))
+    assert sorted(enforced_banks(enforced_webui, result.infotexts[0])) == sorted([SD1_BANK, SETTING_BANK])
+    assert result.report is not None and result.report["images"]["0"]["fired"] not in (None, "none")
+    if webui_config.ckpt is not None:
+        fresh = webui_pool.fresh_references.get("Euler a")
+        if fresh is not None:
+            assert not np.array_equal(result.images[0], fresh.images[0])
+
+
+def test_request_settings_cannot_weaken_enforced_banks(enforced_webui):
+    weak = script_args(banks=[SD1_BANK], strengths="0", window_start=1.0, window_end=1.0, threshold=1e9)
+    result = enforced_webui.txt2img(alwayson_scripts=weak)
+    args = extension.parse_infotext(
+        enforced_webui.parse_infotext(result.infotexts[0])[extension.INFOTEXT_ENFORCED_KEY]).args
+    assert args.strengths == (1.0,) and (args.window_start, args.window_end) == (0.0, 0.25)
+    assert result.report["images"]["0"]["fired"] == "1"  # 4 steps, default window 0-0.25: step 1
+
+
+def test_override_settings_cannot_switch_enforcement_off(enforced_webui):
+    result = enforced_webui.txt2img(override_settings={
+        extension.SETTING_ENFORCED_BANKS: "", "disabled_extensions": [EXTENSION_LINK_NAME],
+        "disable_all_extensions": "all"}, override_settings_restore_afterwards=False)
+    assert sorted(enforced_banks(enforced_webui, result.infotexts[0])) == sorted([SD1_BANK, SETTING_BANK])
+    options = enforced_webui.get("/sdapi/v1/options")
+    assert options[extension.SETTING_ENFORCED_BANKS] == SETTING_BANK
+    assert EXTENSION_LINK_NAME not in options.get("disabled_extensions", [])
+
+
+def test_options_route_cannot_switch_enforcement_off(enforced_webui):
+    enforced_webui.post("/sdapi/v1/options", {extension.SETTING_ENFORCED_BANKS: "",
+                                              "disabled_extensions": [EXTENSION_LINK_NAME]})
+    options = enforced_webui.get("/sdapi/v1/options")
+    assert options[extension.SETTING_ENFORCED_BANKS] == SETTING_BANK
+    assert EXTENSION_LINK_NAME not in options.get("disabled_extensions", [])
+    result = enforced_webui.txt2img()
+    assert sorted(enforced_banks(enforced_webui, result.infotexts[0])) == sorted([SD1_BANK, SETTING_BANK])
+
+
+@pytest.mark.parametrize("bank", [SD1_BANK, SETTING_BANK])
+def test_enforced_bank_cannot_be_deleted_through_the_api(enforced_webui, bank):
+    response = enforced_webui.client.delete(f"/safe-denoiser/v1/banks/{bank}")
+    assert response.status_code == 403, response.text
+    assert (enforced_webui.bank_dir / f"{bank}.safetensors").is_file()
