@@ -124,8 +124,6 @@ class BankService:
         """
         clean = self._guard_target(name)
         store = self.backend.store()
-        if store.path_of(clean).exists() and not overwrite:
-            raise BankError(f"a bank named {clean!r} already exists (tick 'replace' to rebuild it)")
         cancel = threading.Event()
         self._cancels.add(cancel)
         try:

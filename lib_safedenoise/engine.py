@@ -147,13 +147,13 @@ class SafeDenoiser:
         effects: list[BankEffect] = [self.mode.correct(inputs, view, strength, self.settings, **extra)
                                      for view, strength in views]
         fired = torch.stack([e.fired for e in effects]).any(0)
-        beta = torch.stack([e.beta for e in effects]).sum(0)
-        nearest = torch.stack([e.nearest_distance for e in effects]).amin(0)
+        per_bank = [(bank.name, e.fired.tolist(), e.beta.tolist(), e.nearest_distance.tolist())
+                    for (bank, _), e in zip(self.negations, effects)]  # one device sync per bank, not per value
         for row, image in enumerate(ids):
-            self.report.add(image, StepRecord(step, bool(fired[row]), float(beta[row]), float(nearest[row]), [
-                {"name": bank.name, "fired": bool(e.fired[row]), "beta": float(e.beta[row]),
-                 "nearest_distance": float(e.nearest_distance[row])}
-                for (bank, _), e in zip(self.negations, effects)]))
+            banks = [{"name": name, "fired": f[row], "beta": b[row], "nearest_distance": d[row]}
+                     for name, f, b, d in per_bank]
+            self.report.add(image, StepRecord(step, any(b["fired"] for b in banks), sum(b["beta"] for b in banks),
+                                              min(b["nearest_distance"] for b in banks), banks))
         if not fired.any():
             return x0_hat, fired
         corrected = (inputs.x0_hat + sum(e.delta for e in effects)).reshape(x0_hat.shape)

@@ -198,27 +198,43 @@ def parse_infotext(value: str) -> PastedSettings:
     return PastedSettings(args, hashes, fields_.get("engine", ""))
 
 
-# Pseudo keys, one per positional arg: ``unpack_infotext`` (an on_infotext_pasted callback) fills them from
-# the packed "Safe Denoiser" value, so ``Script.infotext_fields`` and ``paste_field_names`` can name them
-# (the "Send to img2img" buttons copy only string-named fields, component to component).
-PASTE_KEYS = tuple(f"{INFOTEXT_KEY} {name}" for name in ARG_NAMES)
-
-
-def unpack_infotext(params: dict) -> None:
-    """Add the ``PASTE_KEYS`` a parsed infotext restores; the toggle turns off when our key is absent.
-
-    A missing key otherwise leaves a control as it is (infotext_utils.connect_paste), so an image made
-    without the extension would inherit whatever the accordion last showed.
-    """
+def pasted_args(params: dict) -> GenerationArgs | None:
+    """The args a parsed infotext restores: off when our key is absent, None when its value is unreadable."""
     if INFOTEXT_KEY not in params:
-        params[PASTE_KEYS[0]] = "False"  # connect_paste casts the string "False" to False for a checkbox
-        return
+        return GenerationArgs(enabled=False)
     try:
-        args = parse_infotext(params[INFOTEXT_KEY]).args
+        return parse_infotext(params[INFOTEXT_KEY]).args
     except ValueError as error:
         host.log_problem(f"cannot restore settings from infotext: {error}")
-        return
-    params.update(zip(PASTE_KEYS, args.to_script_args()))
+        return None
+
+
+class InfotextReader(str):
+    """The infotext field of one positional arg: a name *and* a reader of the parsed infotext.
+
+    The WebUI treats a field's target as a reader when it is callable (paste, PNG Info and the API's
+    ``infotext`` call it with the parsed dict) and as a name when it is a string (the "Send to" buttons
+    copy fields listed by name in ``paste_field_names``, component to component):
+    modules/infotext_utils.py ``PasteField``, ``connect_paste``, ``connect_paste_params_buttons`` and
+    modules/api/api.py ``apply_infotext``. Being both makes all of these routes restore the accordion.
+    The toggle switches off when our key is absent (a missing key otherwise leaves a control unchanged).
+    """
+
+    def __new__(cls, arg_name: str):
+        reader = super().__new__(cls, f"{INFOTEXT_KEY} {arg_name}")
+        reader.arg_name = arg_name
+        return reader
+
+    def __call__(self, params: dict) -> Any:
+        args = pasted_args(params)
+        if args is None:
+            return None
+        if not args.enabled:
+            return False if self.arg_name == "enabled" else None
+        return args.to_script_args()[ARG_NAMES.index(self.arg_name)]
+
+
+INFOTEXT_READERS = tuple(InfotextReader(name) for name in ARG_NAMES)
 
 
 def format_steps(steps: Sequence[int]) -> str:

@@ -165,12 +165,11 @@ def register_cfg_callbacks(on_cfg_denoiser: Callable, on_cfg_after_cfg: Callable
     script_callbacks.on_cfg_after_cfg(on_cfg_after_cfg, name="safe_denoiser")
 
 
-def register_script_callbacks(*, app_started: Callable, infotext_pasted: Callable, before_ui: Callable) -> None:
+def register_script_callbacks(*, app_started: Callable, before_ui: Callable) -> None:
     """The callbacks registered once when the script file loads (the WebUI clears them on reload)."""
     from modules import script_callbacks
 
     script_callbacks.on_app_started(app_started)
-    script_callbacks.on_infotext_pasted(infotext_pasted)
     script_callbacks.on_before_ui(before_ui)
 
 

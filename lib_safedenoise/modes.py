@@ -294,15 +294,16 @@ def contrastive_correct(step: Step, bank: torch.Tensor, strength: float, setting
     spread = settings.bandwidth ** 2 if settings.bandwidth is not None else derived(
         bank, ("spread",), lambda: item_spread_sq(bank))
     log_u, unsafe, stats = smoothed_kernel(step, bank, spread)
-    if "log_safe" not in step.scratch:
-        if reference is not None:
+    if reference is not None:  # one safe density for every negation bank of this step
+        if "log_safe" not in step.scratch:
             ref_spread = settings.bandwidth ** 2 if settings.bandwidth is not None else derived(
                 reference, ("spread",), lambda: item_spread_sq(reference))
             step.scratch["log_safe"] = smoothed_kernel(step, reference, ref_spread)[0]
-        else:
-            mean, var = derived(bank, ("moments",), lambda: channel_moments(bank))
-            step.scratch["log_safe"] = gaussian_log_density(step.x, step.shape, mean, var, step.sigma)
-    log_odds = math.log(options["prior_odds"]) + (log_u - step.scratch["log_safe"]) / options["temperature"]
+        log_safe = step.scratch["log_safe"]
+    else:
+        mean, var = derived(bank, ("moments",), lambda: channel_moments(bank))
+        log_safe = gaussian_log_density(step.x, step.shape, mean, var, step.sigma)
+    log_odds = math.log(options["prior_odds"]) + (log_u - log_safe) / options["temperature"]
     if strength > 0:
         beta = torch.exp(torch.clamp(log_odds + math.log(strength), max=math.log(options["cap"])))
     else:

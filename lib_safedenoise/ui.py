@@ -9,11 +9,12 @@ the default arguments). Event handlers are module-level functions of plain value
 from __future__ import annotations
 
 import html
+import math
 import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import gradio as gr
 
@@ -29,8 +30,7 @@ ELEM_PREFIX = "safe_denoiser"
 MAX_STRENGTH_SLIDERS = 6
 STRENGTH_RANGE = (0.0, 3.0)
 TAB_TITLE = "Safe Denoiser"
-BANK_COLUMNS = ["Name", "Title", "Images", "Latent space", "Size", "Compatible with loaded model", "Enforced",
-                "Problem"]
+BANK_COLUMNS = ["Name", "Title", "Images", "Latent space", "Size", "Fits the loaded model", "Enforced", "Problem"]
 
 
 # --------------------------------------------------------------------------- the accordion
@@ -237,20 +237,26 @@ def upload_path(upload: Any) -> Path:
     return Path(upload if isinstance(upload, (str, os.PathLike)) else upload.name)
 
 
+def discard_upload(upload: Any) -> None:
+    """Delete an upload's temporary files: the file itself and the empty NamedTemporaryFile gradio 3.41
+    creates behind each ``type="file"`` wrapper (whose ``name`` it then points at the upload)."""
+    path = upload_path(upload)
+    path.unlink(missing_ok=True)
+    leftover = getattr(getattr(upload, "file", None), "name", None)
+    if isinstance(leftover, str) and leftover != str(path):
+        upload.file.close()
+        Path(leftover).unlink(missing_ok=True)
+
+
 def read_uploads(files: Sequence[Any] | None) -> list[tuple[str, bytes]]:
-    """``(file name, bytes)`` of gradio uploads, reading each into memory and deleting its temporary files
-    (gradio 3.41 also leaves an empty NamedTemporaryFile behind each upload's wrapper)."""
+    """``(file name, bytes)`` of gradio uploads, read into memory; their temporary files are deleted."""
     uploads = []
     for item in files or []:
-        path = upload_path(item)
         try:
+            path = upload_path(item)
             uploads.append((path.name, path.read_bytes()))
         finally:
-            path.unlink(missing_ok=True)
-            leftover = getattr(getattr(item, "file", None), "name", None)
-            if isinstance(leftover, str) and leftover != str(path):
-                item.file.close()
-                Path(leftover).unlink(missing_ok=True)
+            discard_upload(item)
     return uploads
 
 
@@ -285,18 +291,20 @@ def gate_plot(report: dict | None):
     if not images:
         return None
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     passes = [p for p in ("first", "hires") if any(s["pass"] == p for e in images.values() for s in e["steps"])]
     figure = Figure(figsize=(7, 2.6 * len(passes)), dpi=100, layout="constrained")
     axes = figure.subplots(len(passes), 1, squeeze=False)[:, 0]
     for ax, pass_name in zip(axes, passes):
-        uses_beta = False
+        uses_beta = any(s["beta"] is not None for e in images.values() for s in e["steps"] if s["pass"] == pass_name)
         for image_id, entry in sorted(images.items(), key=lambda kv: int(kv[0])):
             steps = [s for s in entry["steps"] if s["pass"] == pass_name]
             if not steps:
                 continue
-            uses_beta |= any(s["beta"] is not None for s in steps)
-            values = [s["beta"] if s["beta"] is not None else float(s["fired"]) for s in steps]
+            # beta is None outside the correction window: a gap in the line
+            values = [(s["beta"] if s["beta"] is not None else math.nan) if uses_beta else float(s["fired"])
+                      for s in steps]
             line, = ax.plot([s["step"] for s in steps], values, marker=".", label=f"image {int(image_id) + 1}")
             fired = [(s["step"], v) for s, v in zip(steps, values) if s["fired"]]
             if fired:
@@ -304,6 +312,9 @@ def gate_plot(report: dict | None):
         ax.set_title(f"{'first pass' if pass_name == 'first' else 'hires pass'} (large dots: correction fired)",
                      fontsize=9)
         ax.set_xlabel("sampling step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        last_step = max(s["step"] for e in images.values() for s in e["steps"] if s["pass"] == pass_name)
+        ax.set_xlim(0.5, last_step + 0.5)
         ax.set_ylabel("gate β" if uses_beta else "fired")
         ax.grid(alpha=0.3)
         if len(images) <= 10:
@@ -445,7 +456,7 @@ class TabHandlers:
             installed = self.service.install_preset(path, name=(name or "").strip() or None, overwrite=overwrite)
         except (BankError, EnforcementError, OSError, ValueError) as error:
             return *self._after_change(str(error), selected, error=True), gr.update(interactive=True)
-        path.unlink(missing_ok=True)
+        discard_upload(upload)
         return *self._after_change(f"Installed {installed}.", installed), gr.update(interactive=False)
 
     def plot(self):
@@ -495,10 +506,10 @@ def build_tab(backend: Backend | None = None) -> gr.Blocks:
                                         min_width=40)
                 card = gr.HTML("", elem_id=f"{p}_card")
                 with gr.Row():
-                    inspect = gr.Button("Inspect", elem_id=f"{p}_inspect")
-                    export = gr.Button("Export bank", elem_id=f"{p}_export")
-                    export_settings = gr.Button("Export settings", elem_id=f"{p}_export_settings")
-                    delete = gr.Button("Delete", variant="stop", elem_id=f"{p}_delete")
+                    inspect = gr.Button("Inspect", elem_id=f"{p}_inspect", min_width=80)
+                    export = gr.Button("Export bank", elem_id=f"{p}_export", min_width=80)
+                    export_settings = gr.Button("Export settings", elem_id=f"{p}_export_settings", min_width=80)
+                    delete = gr.Button("Delete", variant="stop", elem_id=f"{p}_delete", min_width=80)
                 with gr.Row():
                     new_name = gr.Textbox(label="New name", elem_id=f"{p}_new_name", max_lines=1, scale=3)
                     rename = gr.Button("Rename", elem_id=f"{p}_rename", scale=1)

@@ -16,8 +16,8 @@ class SafeDenoiserScript(scripts.Script):
         from lib_safedenoise import ui
 
         controls = ui.build_accordion(is_img2img)
-        self.infotext_fields = list(zip(controls.components, extension.PASTE_KEYS))
-        self.paste_field_names = list(extension.PASTE_KEYS)
+        self.infotext_fields = list(zip(controls.components, extension.INFOTEXT_READERS))
+        self.paste_field_names = [str(reader) for reader in extension.INFOTEXT_READERS]
         return controls.components
 
     def before_process(self, p, *args):
@@ -34,5 +34,4 @@ if host.unsupported_host_message():
     host.log_problem(host.unsupported_host_message())
 host.register_script_callbacks(
     app_started=extension.protect_enforcement,
-    infotext_pasted=lambda infotext, params: extension.unpack_infotext(params),
     before_ui=lambda: host.register_xyz_axes(extension.xyz_axes(host.mode_names, host.bank_names)))

@@ -43,11 +43,11 @@ def webui_app(*, api_enabled: bool = True, api_auth: str | None = None) -> FastA
 
 
 def load_tab_script():
-    """Load scripts/safe_denoiser_tab.py as the WebUI does (a fresh module; it registers its callbacks)."""
-    spec = importlib.util.spec_from_file_location("safe_denoiser_tab", TAB_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """Load scripts/safe_denoiser_tab.py as the WebUI loads script files (callbacks cleared first)."""
+    from modules import script_callbacks, scripts
+
+    scripts.load_scripts([str(TAB_SCRIPT)])
+    return script_callbacks
 
 
 @pytest.fixture
@@ -57,7 +57,6 @@ def stub_callbacks():
     host_stub.install()
     from modules import script_callbacks
 
-    script_callbacks.clear_callbacks()
     yield script_callbacks
     script_callbacks.clear_callbacks()
 

@@ -20,7 +20,7 @@ def test_split_is_disjoint_complete_stratified_and_stable():
     _, labels = digits.all_digits()
     for indices, share in zip((split.train, split.heldout, split.evaluator), data.SPLIT_FRACTIONS.values()):
         counts = np.bincount(labels[indices].numpy(), minlength=10)
-        assert np.all(np.abs(counts - share * np.bincount(labels.numpy())) <= 1.5)
+        assert np.all(np.abs(counts - share * np.bincount(labels.numpy())) <= 2)
     data.digit_split.cache_clear()
     again = digits.digit_split()
     assert again.fingerprint() == split.fingerprint()
@@ -70,7 +70,7 @@ def test_decode_of_any_latent_is_the_least_squares_image():
 
 
 def test_schedule_is_sd_scaled_linear():
-    alphas_cumprod = digits.load_model().alphas_cumprod
+    alphas_cumprod = digits.DigitsLatentDiffusion().alphas_cumprod
     assert alphas_cumprod.dtype == torch.float32 and alphas_cumprod.shape == (1000,)
     betas = np.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000) ** 2
     assert np.allclose(alphas_cumprod.numpy(), np.cumprod(1 - betas), rtol=1e-5)
@@ -158,7 +158,7 @@ def test_negative_label_conditions_the_uncond_branch():
     latents = digits.sample(model, None, batch=60, seed=1, cfg_scale=3.0, negative_labels=[1] * 60)
     predictions, _, _ = evaluator.judge(digits.decode(latents).clamp(0, 1))
     plain, _, _ = evaluator.judge(digits.decode(digits.sample(model, None, batch=60, seed=1)).clamp(0, 1))
-    assert (predictions == 1).sum() < (plain == 1).sum() or (plain == 1).sum() == 0
+    assert (predictions == 1).sum() < (plain == 1).sum()
     assert (predictions == 1).float().mean() <= 0.02
 
 

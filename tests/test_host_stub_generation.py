@@ -211,6 +211,8 @@ def test_infotext_round_trip_restores_the_accordion_and_reproduces_the_image(web
     values = infotext_utils.paste(runner.infotext_fields, infotext)
     again = webui.txt2img(**request, safe_denoiser=values)
     assert torch.equal(first["p"].latents[0], again["p"].latents[0])
+    through_api = webui.txt2img(**request, infotext=infotext)  # the API's "infotext" field
+    assert torch.equal(first["p"].latents[0], through_api["p"].latents[0])
     plain = json.loads(webui.txt2img(**request)["info"])["infotexts"][0]
     assert infotext_utils.paste(runner.infotext_fields, plain)[0] is False
 
@@ -252,3 +254,37 @@ def test_bank_copies_exist_only_while_the_generation_runs(webui):
     webui.txt2img(prompt=str(NEGATED), seed=20, steps=4, safe_denoiser=wf.args(window_end=1.0))
     assert max(during) >= 1  # adapted to the generation's device, dtype and latent size
     assert bank._views == {}  # and released by postprocess
+
+
+def test_a_generation_nested_in_another_keeps_both_corrected(webui):
+    """ADetailer-style passes run the whole processing again from inside a generation's postprocessing."""
+    from modules import processing, scripts
+
+    class NestedPass(scripts.Script):
+        inner = None
+
+        def title(self):
+            return "nested pass"
+
+        def show(self, is_img2img):
+            return scripts.AlwaysVisible
+
+        def postprocess_batch(self, p, *args, images, batch_number):
+            if batch_number == 0 and not getattr(p, "nested", False):
+                inner = processing.StableDiffusionProcessingImg2Img(
+                    init_latents=p.latents[-1][:1], prompt=p.prompt, seed=30, steps=4, denoising_strength=0.5,
+                    cfg_scale=2.0, scripts=p.scripts, script_args=p.script_args)
+                inner.nested = True
+                NestedPass.inner = processing.process_images(inner)
+
+    runner = webui.scripts.scripts_txt2img
+    nested = NestedPass()
+    nested.args_from = nested.args_to = len(runner.inputs)
+    runner.alwayson_scripts.append(nested)
+    response = webui.txt2img(prompt=str(NEGATED), seed=31, steps=4, n_iter=2, cfg_scale=2.0,
+                             safe_denoiser=wf.args(window_end=1.0))
+    assert NestedPass.inner is not None
+    assert window_steps(response, image=1) == [1, 2, 3, 4]  # the outer batch after the nested pass
+    inner_report = json.loads(NestedPass.inner.js())["extra_generation_params"][extension.REPORT_KEY]
+    assert [s["step"] for s in inner_report["images"]["0"]["steps"]] == [1, 2, 3]
+    assert host.registered_callback_count(CFG_HOOKS.on_cfg_after_cfg) == 0

@@ -5,13 +5,13 @@ import pytest
 import torch
 
 from lib_safedenoise import ENGINE_VERSION, extension
-from lib_safedenoise.extension import INFOTEXT_KEY, PASTE_KEYS
+from lib_safedenoise.extension import INFOTEXT_KEY, INFOTEXT_READERS
 from lib_safedenoise.generation_args import ARG_NAMES, GenerationArgs
 from lib_safedenoise.latent_bank import LatentBank
 from tests import host_stub
 
 host_stub.install()
-from modules import infotext_utils, script_callbacks  # noqa: E402  (the stub)
+from modules import infotext_utils  # noqa: E402  (the stub)
 
 
 def bank(name, short_hash="1a2b3c4d5e6f"):
@@ -50,9 +50,7 @@ def test_round_trip_through_the_webui_parser():
 
 
 def pasted_controls(infotext, controls):
-    script_callbacks.clear_callbacks()
-    script_callbacks.on_infotext_pasted(lambda text, params: extension.unpack_infotext(params))
-    return infotext_utils.paste(list(zip(controls, PASTE_KEYS)), infotext)
+    return infotext_utils.paste(list(zip(controls, INFOTEXT_READERS)), infotext)
 
 
 def accordion(enabled=True):
@@ -81,9 +79,17 @@ def test_unreadable_value_changes_nothing():
         extension.parse_infotext("banks=cats; paper")
 
 
+def test_fields_are_names_for_send_to_and_readers_for_paste_and_api():
+    """modules/infotext_utils.py PasteField: a str target is a label, a callable target a function."""
+    for reader, name in zip(INFOTEXT_READERS, ARG_NAMES):
+        assert isinstance(reader, str) and callable(reader) and reader == f"Safe Denoiser {name}"
+    assert INFOTEXT_READERS[0]({"Steps": "4"}) is False
+    assert INFOTEXT_READERS[1]({"Steps": "4"}) is None
+
+
 def test_keys_are_in_the_parsers_character_set():
     for key in (INFOTEXT_KEY, extension.INFOTEXT_FIRED_KEY, extension.INFOTEXT_ERROR_KEY,
-                extension.INFOTEXT_ENFORCED_KEY, *PASTE_KEYS):
+                extension.INFOTEXT_ENFORCED_KEY, *INFOTEXT_READERS):
         assert infotext_utils.re_param.fullmatch(f"{key}: 1")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -91,7 +92,8 @@ def test_gate_plot_draws_one_line_per_image_per_pass(tmp_path):
     figure = ui.gate_plot(ui_session.sample_report())
     first, hires = figure.axes
     assert [line.get_label() for line in first.get_lines()] == ["image 1", "image 2"]
-    assert list(first.get_lines()[0].get_ydata()) == [0.9, 0.4, 0.0, 0.0, 0.0, 0.0]
+    assert list(first.get_lines()[0].get_ydata())[:3] == [0.9, 0.4, 0.0]
+    assert all(math.isnan(v) for v in first.get_lines()[0].get_ydata()[3:])  # outside the window
     assert [line.get_label() for line in hires.get_lines()] == ["image 1"]
     figure.savefig(tmp_path / "plot.png")
     assert Image.open(tmp_path / "plot.png").size[0] > 300
@@ -110,7 +112,11 @@ def test_build_streams_progress_reports_every_file_and_deletes_the_uploads(sessi
         return build(*args, progress=lambda *p: (locked.append(session.queue_lock.locked()), progress(*p)),
                      **kwargs)
     session.backend.store().build = watching_build
-    updates = list(handlers.build(uploads_of(paths), "", "mixed", False, "Mixed", "", "", "", ""))
+    uploads = gr.File(file_count="multiple").preprocess([{"name": str(p), "data": None, "is_file": True}
+                                                         for p in paths])  # what the handler receives
+    temporary = [Path(u.name) for u in uploads] + [Path(u.file.name) for u in uploads]
+    assert all(t.exists() for t in temporary) and not set(temporary) & set(paths)
+    updates = list(handlers.build(uploads, "", "mixed", False, "Mixed", "", "", "", ""))
     progress, report, rows, dropdown = updates[-1]
     assert locked and all(locked)
     assert "4 / 4 files" in progress
@@ -119,7 +125,7 @@ def test_build_streams_progress_reports_every_file_and_deletes_the_uploads(sessi
         assert f"<td>{name}</td><td>{status}</td>" in report
     assert "Bank mixed" in report and "2 images" in report
     assert [row[0] for row in rows] == ["mixed"] and dropdown["value"] == "mixed"
-    assert not any(p.exists() for p in paths)
+    assert not any(t.exists() for t in temporary)  # the uploads' copies, not the user's files
     assert session.backend.store().inspect("mixed")["title"] == "Mixed"
 
 
@@ -179,6 +185,10 @@ def test_delete_needs_confirmation_and_enforced_banks_stay(tmp_path):
     tab = ui.build_tab(session.backend)
     banner = next(b for b in tab.blocks.values() if getattr(b, "elem_id", None) == "safe_denoiser_tab_enforced")
     assert "guarded" in banner.value and "cannot be deleted" in banner.value
+    with gr.Blocks() as page:
+        ui.build_accordion(True, session.backend)
+    note = next(b for b in page.blocks.values() if getattr(b, "elem_id", None) == "safe_denoiser_img2img_enforced")
+    assert "guarded" in note.value
     replaced = list(handlers.build(uploads_of([write_photos(tmp_path / "again")["coffee.jpg"]]), "", "guarded",
                                    True, *[""] * 5))[-1]
     assert "enforced" in replaced[1]

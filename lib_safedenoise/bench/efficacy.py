@@ -47,7 +47,7 @@ from ..latent_bank import LatentBank
 REQUIRED_METRICS = ("negated_rate", "collateral_accuracy_drop_pts", "collateral_fid_increase_pct",
                     "unconditional_share", "memorised_rate", "seconds_per_sample")
 MEMORIZED_BANK_SIZE = 5
-BOOTSTRAP_RESAMPLES = 200
+BOOTSTRAP_RESAMPLES = 100
 Z95 = 1.959964
 
 
@@ -168,6 +168,7 @@ class Setup:
     samples: int
     seed: int
     batch: int
+    cfg_scale: float
     evaluator: digits.DigitClassifier = field(repr=False)
 
 
@@ -198,7 +199,8 @@ def memorized_bank(setup: Setup, memorizer) -> tuple[torch.Tensor, torch.Tensor]
     """The ``MEMORIZED_BANK_SIZE`` training digits the memorising model reproduces most often (pixels,
     labels), found from plain samples on seeds disjoint from the scenario's."""
     pixels, labels = digits.memorizer_subset()
-    judged = run_samples(setup, memorizer, Intervention(), labels.tolist(), cfg_scale=2.0, seed_offset=90_001)
+    judged = run_samples(setup, memorizer, Intervention(), labels.tolist(), cfg_scale=setup.cfg_scale,
+                         seed_offset=90_001)
     distances = digits.pixel_distances(judged.pixels, pixels)
     nearest = distances.argmin(dim=1)[distances.min(dim=1).values < digits.near_duplicate_distance()]
     counts = torch.bincount(nearest, minlength=len(pixels))
@@ -223,7 +225,7 @@ def evaluate(*, negate: int, seed: int, samples: int, sampler: str, steps: int, 
     methods = ["none"] + [name for name in methods if name != "none"]
     started = time.perf_counter()
     model, memorizer, evaluator = digits.load_model(), digits.load_memorizer(), digits.load_evaluator()
-    setup = Setup(sampler, steps, samples, seed, batch, evaluator)
+    setup = Setup(sampler, steps, samples, seed, batch, cfg_scale, evaluator)
     heldout_pixels, heldout_labels = digits.subset("heldout")
     _, _, heldout_features = evaluator.judge(heldout_pixels)
     class_bank = LatentBank(f"digit-{negate}", digits.encode(heldout_pixels[heldout_labels == negate]),

@@ -40,13 +40,16 @@ def inject_page_scripts() -> None:
     gr.routes.templates.TemplateResponse = template_response
 
 
-def fake_generation(report: dict) -> callable:
+def fake_generation(report: dict):
+    runs = []
+
     def generate(prompt: str, *script_args):
         args = GenerationArgs.from_script_args(script_args)
+        runs.append(args)
         if args.enabled:
             extension.remember_report(report)
-        info = f"<p>{prompt or 'a photo'}</p><p>Safe Denoiser: {'on' if args.enabled else 'off'}</p>"
-        return json.dumps(args.to_script_args()), info
+        info = f"<p>run {len(runs)}: {prompt}</p><p>Safe Denoiser: {'on' if args.enabled else 'off'}</p>"
+        return json.dumps({"run": len(runs), "args": args.to_script_args()}), info
     return generate
 
 

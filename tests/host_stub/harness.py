@@ -57,12 +57,14 @@ class StubWebUI:
     def xyz_cell(self, axis_label: str, value, *, safe_denoiser: list, **request) -> dict:
         """One cell of an X/Y/Z plot: the axis applies its value to ``p``, then the generation runs."""
         from modules import processing, scripts
+        from modules.api.api import script_args
 
         xyz = next(d.module for d in scripts.scripts_data if d.script_class.__module__ == "xyz_grid.py")
         axis = next(a for a in xyz.axis_options if a.label == axis_label)
         runner = scripts.scripts_txt2img
         p = processing.StableDiffusionProcessingTxt2Img(
-            **request, scripts=runner, script_args=runner.script_args_for({"Safe Denoiser": safe_denoiser}))
+            **request, scripts=runner,
+            script_args=script_args(runner, {"alwayson_scripts": {"Safe Denoiser": {"args": safe_denoiser}}}))
         axis.apply(p, axis.type(value), [value])
         self.shared.state.begin()
         processed = processing.process_images(p)

@@ -280,10 +280,13 @@ class WebUIServer:
         return json.loads(line[len("PARSED="):])
 
 
-# Reads one JSON string per line, answers ``PARSED=<json>``; options are initialised as the server's are
-# (``shared_init.initialize`` with the same data dir), since the parser reads some of them.
+# Reads one JSON string per line, answers ``PARSED=<json>`` on its own copy of stdout (anything the WebUI prints
+# goes to stderr); options are initialised as the server's are (``shared_init.initialize`` with the same data
+# dir), since the parser reads some of them.
 PARSER_LOOP = """
-import json, sys
+import json, os, sys
+answers = os.fdopen(os.dup(1), 'w')
+os.dup2(2, 1)
 sys.path.insert(0, '.')
 data_dir = sys.argv[1]
 sys.argv = ['webui-suite-parser', '--data-dir', data_dir]
@@ -291,7 +294,7 @@ from modules import shared_init
 shared_init.initialize()
 from modules.infotext_utils import parse_generation_parameters
 for line in sys.stdin:
-    print('PARSED=' + json.dumps(parse_generation_parameters(json.loads(line)), default=str), flush=True)
+    print('PARSED=' + json.dumps(parse_generation_parameters(json.loads(line)), default=str), file=answers, flush=True)
 """
 
 

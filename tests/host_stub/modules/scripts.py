@@ -76,15 +76,6 @@ class ScriptRunner:
         """What modules/api/api.py ``init_default_script_args`` builds: each control's default value."""
         return [component.value for component in self.inputs]
 
-    def script_args_for(self, overrides: dict[str, list]) -> list:
-        """modules/api/api.py ``init_script_args``: positional ``alwayson_scripts`` args over the defaults."""
-        args = self.default_args()
-        for title, values in overrides.items():
-            script = next(s for s in self.alwayson_scripts if s.title().lower() == title.lower())
-            for index in range(min(script.args_to - script.args_from, len(values))):
-                args[script.args_from + index] = values[index]
-        return args
-
     def _run(self, hook, p, *args, **kwargs):
         for script in self.alwayson_scripts:
             method = getattr(script, hook, None)

@@ -8,16 +8,24 @@ from __future__ import annotations
 from modules import infotext_utils, processing, scripts, shared
 
 
-def _script_args(runner, request: dict) -> list:
-    args = runner.script_args_for({title: spec.get("args", []) for title, spec in
-                                   (request.get("alwayson_scripts") or {}).items()})
+def script_args(runner, request: dict) -> list:
+    """``init_script_args``: the UI defaults, then values read from ``infotext``, then ``alwayson_scripts``."""
+    infotext_args = {}
     if request.get("infotext"):
         params = infotext_utils.parse_generation_parameters(request["infotext"])
-        for component, key in runner.infotext_fields:
+        for component, target in runner.infotext_fields:
             if component in runner.inputs:
-                value = key(params) if callable(key) else params.get(key)
+                value = target(params) if callable(target) else params.get(target)
                 if value is not None:
-                    args[runner.inputs.index(component)] = type(component.value)(value)
+                    infotext_args[runner.inputs.index(component)] = type(component.value)(value)
+    args = runner.default_args()
+    for index, value in infotext_args.items():
+        args[index] = value
+    for title, spec in (request.get("alwayson_scripts") or {}).items():
+        script = next(s for s in runner.alwayson_scripts if s.title().lower() == title.lower())
+        values = spec.get("args", [])
+        for index in range(min(script.args_to - script.args_from, len(values))):
+            args[script.args_from + index] = values[index]
     return args
 
 
@@ -27,7 +35,7 @@ def _run(p_class, runner, request: dict, **fields) -> dict:
              "width", "height", "override_settings", "override_settings_restore_afterwards", "s_min_uncond",
              "enable_hr", "hr_scale", "hr_second_pass_steps", "denoising_strength")
     kwargs = {k: v for k, v in request.items() if k in known}
-    p = p_class(**kwargs, **fields, scripts=runner, script_args=_script_args(runner, request))
+    p = p_class(**kwargs, **fields, scripts=runner, script_args=script_args(runner, request))
     processed = processing.process_images(p)
     return {"images": processed.images, "info": processed.js(), "p": p}
 

@@ -1,0 +1,141 @@
+"""The accordion and the tab in headless Chromium (Debian's, through Playwright), on a real gradio 3.41 page.
+
+One page serves the whole module. Screenshots go to artifacts/screenshots/.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.browser import ui_session
+from tests.images import write_broken, write_photos
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
+TIMEOUT_MS = 20_000
+
+if not CHROMIUM.exists() or shutil.which(str(CHROMIUM)) is None:
+    pytest.skip("Debian's chromium is not installed at /usr/bin/chromium (apt-get install chromium)",
+                allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright python package is not installed")
+sync_api.expect.set_options(timeout=TIMEOUT_MS)
+
+
+@pytest.fixture(scope="module")
+def webui(tmp_path_factory):
+    from tests.browser import app
+
+    folder = tmp_path_factory.mktemp("browser")
+    session = ui_session.start(folder)
+    photos = write_photos(folder / "photos")
+    session.build_bank("photos", [(n, p.read_bytes()) for n, p in list(photos.items())[:2]])
+    page_app, url = app.launch(session.backend, ui_session.sample_report())
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(url)
+        page.wait_for_selector("#safe_denoiser_txt2img-visible-checkbox")
+        yield page, session, folder, photos
+        browser.close()
+    page_app.close()
+
+
+def shot(page, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def script_args(page) -> list:
+    """Run the page's stand-in generation; the arguments our script would get, as the server parsed them."""
+    received = page.locator("#txt2img_script_args textarea")
+    before = received.input_value()
+    page.click("#txt2img_generate")
+    sync_api.expect(received).not_to_have_value(before)
+    return json.loads(received.input_value())["args"]
+
+
+def test_toggle_choose_a_bank_and_set_its_strength(webui):
+    page, session, _, _ = webui
+    assert script_args(page)[0] is False
+    page.click("#safe_denoiser_txt2img-visible-checkbox")  # enables without opening, as in the WebUI
+    assert script_args(page)[0] is True
+    page.click("#safe_denoiser_txt2img .label-wrap")  # open it to choose a bank
+    sync_api.expect(page.locator("#safe_denoiser_txt2img_banks")).to_be_visible()
+    page.click("#safe_denoiser_txt2img_banks input")
+    page.locator("#safe_denoiser_txt2img_banks ul.options li", has_text="photos").click()
+    page.click("#txt2img_prompt textarea")  # close the option list
+    slider = page.locator("#safe_denoiser_txt2img_strength_0")
+    sync_api.expect(slider).to_be_visible()
+    sync_api.expect(slider).to_contain_text("Strength: photos")
+    slider.locator("input[type=number]").fill("0.5")
+    slider.locator("input[type=number]").press("Enter")
+    assert page.locator("#safe_denoiser_txt2img-visible-checkbox").get_attribute("title")  # hints are set
+    shot(page, "accordion_enabled")
+    enabled, banks, strengths, *_ = script_args(page)
+    assert (enabled, banks, strengths) == (True, ["photos"], "0.5")
+    sync_api.expect(page.locator("#safe_denoiser_txt2img_status").first).to_contain_text("image 1: steps 1-2, hires 1")
+    shot(page, "accordion_status_after_run")
+    page.click("#safe_denoiser_txt2img-visible-checkbox")
+    assert script_args(page)[0] is False
+
+
+def test_build_a_bank_from_uploads_with_a_broken_file(webui):
+    page, session, folder, photos = webui
+    broken = write_broken(folder / "broken")
+    page.click("#tabs button:has-text('Safe Denoiser')")
+    page.fill("#safe_denoiser_tab_name input", "uploaded")
+    files = [photos["astronaut.png"], photos["coffee.jpg"], broken["truncated.jpg"][0], photos["chelsea.webp"]]
+    page.set_input_files("#safe_denoiser_tab_files input[type=file]", [str(f) for f in files])
+    sync_api.expect(page.locator("#safe_denoiser_tab_files")).to_contain_text("truncated.jpg")
+    page.click("#safe_denoiser_tab_build")
+    sync_api.expect(page.locator("#safe_denoiser_tab_progress").first).to_contain_text("4 / 4 files")
+    report = page.locator("#safe_denoiser_tab_report").first
+    sync_api.expect(report).to_contain_text("Bank uploaded")
+    assert report.locator("tr.safe-denoiser-file-added").count() == 3
+    sync_api.expect(report.locator("tr.safe-denoiser-file-truncated")).to_contain_text("truncated.jpg")
+    sync_api.expect(page.locator("#safe_denoiser_tab_table")).to_contain_text("uploaded")
+    shot(page, "tab_built_bank")
+    assert session.backend.store().names() == ["photos", "uploaded"]
+
+
+def test_delete_asks_first(webui):
+    page, session, _, _ = webui
+    page.click("#tabs button:has-text('Safe Denoiser')")
+    page.click("#safe_denoiser_tab_selected input")
+    page.locator("#safe_denoiser_tab_selected ul.options li", has_text="photos").click()
+    sync_api.expect(page.locator("#safe_denoiser_tab_card").first).to_contain_text("2 images")
+    dialogs = []
+
+    def answer(dialog, accept):
+        dialogs.append(dialog.message)
+        dialog.accept() if accept else dialog.dismiss()
+
+    page.once("dialog", lambda dialog: answer(dialog, False))
+    page.click("#safe_denoiser_tab_delete")
+    sync_api.expect(page.locator("#safe_denoiser_tab_message").first).to_contain_text("not confirmed")
+    assert "photos" in session.backend.store().names()
+    page.once("dialog", lambda dialog: answer(dialog, True))
+    page.click("#safe_denoiser_tab_delete")
+    sync_api.expect(page.locator("#safe_denoiser_tab_message").first).to_contain_text("Deleted photos")
+    assert len(dialogs) == 2 and 'Delete the bank "photos"?' in dialogs[0]
+    assert session.backend.store().names() == ["uploaded"]
+    sync_api.expect(page.locator("#safe_denoiser_tab_table")).not_to_contain_text("photos")
+    shot(page, "tab_after_delete")
+
+
+def test_gate_plot_of_the_last_generation(webui):
+    page, _, _, _ = webui
+    page.click("#tabs button:has-text('Safe Denoiser')")
+    page.click("#safe_denoiser_tab_plot_section .label-wrap")
+    page.click("#safe_denoiser_tab_plot_refresh")
+    sync_api.expect(page.locator("#safe_denoiser_tab_plot img")).to_be_visible()
+    shot(page, "tab_gate_plot")
