@@ -84,9 +84,6 @@ class BankService:
             return True
         return False
 
-    def names(self) -> list[str]:
-        return self.backend.store().names()
-
     def list(self) -> list[dict[str, Any]]:
         """Every bank with its card, size, latent space, compatibility with the loaded model, enforcement."""
         space = self.backend.model_space()
@@ -170,7 +167,7 @@ class BankService:
             if target is not None:
                 self.backend.guard_change(target)
         else:
-            self._guard_target(name or preset_stem(Path(path).name))
+            self._guard_target(name or Path(path).name)  # sanitize_name drops the .safetensors suffix
         return store.install_preset(path, name=name, overwrite=overwrite)
 
     def export(self, name: str, *, settings_only: bool = False) -> Path:
@@ -183,13 +180,6 @@ class BankService:
         clean = sanitize_name(name)
         return store.export(name, self._exports / (clean + (PRESET_SUFFIX if settings_only else BANK_SUFFIX)),
                             settings_only=settings_only)
-
-
-def preset_stem(file_name: str) -> str:
-    for suffix in (PRESET_SUFFIX, BANK_SUFFIX, ".json"):
-        if file_name.endswith(suffix):
-            return file_name[:-len(suffix)]
-    return file_name
 
 
 def decode_base64(data: str, what: str) -> bytes:

@@ -398,7 +398,7 @@ def add_settings(section: tuple[str, str], options: Sequence[tuple[str, Any, str
         if choices is not None:
             import gradio as gr
 
-            extra.update(component=gr.Dropdown,
+            extra.update(component=gr.Dropdown, refresh=choices,  # the settings page's refresh button
                          component_args=lambda choices=choices: {"choices": choices(), "multiselect": True})
         option = shared.OptionInfo(default, label, section=section, **extra)
         if info_text:

@@ -339,29 +339,31 @@ class TabHandlers:
         entry = next((e for e in entries if e["name"] == selected), None)
         return rows, dropdown, bank_card_html(entry), enforced_html(self.service.backend.enforced())
 
-    def select(self, name: str | None) -> str:
+    def select(self, name: str | None):
+        """The selected bank's card; Delete and Rename are disabled for an enforced bank."""
         if not name:
-            return ""
+            return "", gr.update(interactive=True), gr.update(interactive=True)
         try:
             entry = next((e for e in self.service.list() if e["name"] == name), None)
         except BankError as error:
-            return message_html(str(error), error=True)
-        return bank_card_html(entry)
+            return message_html(str(error), error=True), gr.update(), gr.update()
+        changeable = not (entry or {}).get("enforced", False)
+        return bank_card_html(entry), gr.update(interactive=changeable), gr.update(interactive=changeable)
 
     def build(self, files, folder: str, name: str, overwrite: bool, *card_values: str):
-        """Generator of ``(progress, report, table, bank dropdown)`` updates while the bank builds."""
+        """Generator of ``(progress, report, table, bank dropdown, uploads)`` updates while the bank builds.
+
+        A request that cannot start keeps the uploads (to fix and retry); a build consumes them: they are
+        read into memory, their temporary files deleted, and the upload field is cleared.
+        """
         name = (name or "").strip()
         folder = (folder or "").strip()
-        unchanged = (gr.update(), gr.update())
-        if not name:
-            yield "", report_html(None, "Give the bank a name."), *unchanged
-            return
-        if files and folder:
-            read_uploads(files)
-            yield "", report_html(None, "Choose uploaded images or a server folder, not both."), *unchanged
-            return
-        if not files and not folder:
-            yield "", report_html(None, "Upload images or name a server folder."), *unchanged
+        unchanged = (gr.update(), gr.update(), gr.update())
+        problem = ("Give the bank a name." if not name else
+                   "Choose uploaded images or a server folder, not both." if files and folder else
+                   "Upload images or name a server folder." if not files and not folder else "")
+        if problem:
+            yield "", report_html(None, problem), *unchanged
             return
         card = {key: value for key, value in zip(CARD_FIELDS, card_values) if value}
         state = {"done": 0, "total": 0, "label": ""}
@@ -388,7 +390,8 @@ class TabHandlers:
             worker.join(0.3)
         rows, dropdown, _ = self.listing(name)
         yield (progress_html(state["done"], state["total"], "done" if "error" not in outcome else "stopped"),
-               report_html(outcome.get("report"), outcome.get("error", "")), rows, dropdown)
+               report_html(outcome.get("report"), outcome.get("error", "")), rows, dropdown,
+               gr.update() if folder else None)
 
     def cancel(self) -> str:
         count = self.service.cancel_builds()
@@ -534,10 +537,10 @@ def build_tab(backend: Backend | None = None) -> gr.Blocks:
 
         changed = [message, table, selected, card]
         build.click(handlers.build, inputs=[files, folder, name, overwrite, *card_inputs],
-                    outputs=[progress, report, table, selected])
+                    outputs=[progress, report, table, selected, files])
         cancel.click(handlers.cancel, outputs=[message], queue=False)
         refresh.click(handlers.refresh, inputs=[selected], outputs=[table, selected, card, enforced])
-        selected.change(handlers.select, inputs=[selected], outputs=[card])
+        selected.change(handlers.select, inputs=[selected], outputs=[card, delete, rename])
         delete.click(handlers.delete, _js="safeDenoiserConfirmDelete", inputs=[selected, confirmed], outputs=changed)
         rename.click(handlers.rename, inputs=[selected, new_name], outputs=changed)
         inspect.click(handlers.inspect, inputs=[selected], outputs=[details, message])

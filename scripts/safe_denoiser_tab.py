@@ -15,7 +15,7 @@ def ui_tabs():
 def ui_settings():
     host.add_settings(SETTINGS_SECTION, [
         (extension.SETTING_BANK_DIR, "", "Bank folder",
-         {"info": "empty: the safe-denoiser folder in the WebUI's models folder (--models-dir / --data-dir)",
+         {"info": f"empty: {host.default_bank_dir()} (follows --models-dir / --data-dir)",
           "folder": True, "restrict_api": True}),
         (extension.SETTING_DEFAULT_ENABLED, False, "Safe Denoiser on by default (new page loads and API requests)",
          {"reload_ui": True}),

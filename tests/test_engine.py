@@ -8,6 +8,7 @@ import torch
 
 from lib_safedenoise import ENGINE_VERSION, kdiffusion
 from lib_safedenoise.engine import SafeDenoiser
+from lib_safedenoise.kernel import log_kernel_density
 from lib_safedenoise.latent_bank import LatentBank
 from lib_safedenoise.schedule import SamplerSteps, in_window, step_progress, validate_window, window_steps
 
@@ -49,15 +50,17 @@ def test_outside_the_window_returns_the_input_itself():
 
 def test_per_image_independence_in_a_batch():
     bank = make_bank()
-    x0_hat, x = inputs(batch=4, sigma=torch.tensor([0.5, 1.0, 2.0, 4.0]).view(4, 1, 1, 1))
-    sigma = torch.tensor([0.5, 1.0, 2.0, 4.0])
+    sigma = torch.tensor([1.5, 2.0, 2.5, 3.0])
+    x0_hat, x = inputs(batch=4, sigma=sigma.view(4, 1, 1, 1))
+    eta = math.exp(-float(log_kernel_density(x, sigma, bank).median()))  # paper mode: beta of order 1
     for mode in ("contrastive", "paper", "reference"):
-        together = SafeDenoiser([(bank, 1e40 if mode == "paper" else 1.0)], mode=mode, window=(0, 1),
-                                threshold=-1e9 if mode == "reference" else None).correct_x0(x0_hat, x, sigma, 0, 1)
-        alone = torch.cat([SafeDenoiser([(bank, 1e40 if mode == "paper" else 1.0)], mode=mode, window=(0, 1),
-                                        threshold=-1e9 if mode == "reference" else None)
-                           .correct_x0(x0_hat[i:i + 1], x[i:i + 1], sigma[i:i + 1], 0, 1) for i in range(4)])
-        torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-5)
+        def engine():
+            return SafeDenoiser([(bank, eta if mode == "paper" else 1.0)], mode=mode, window=(0, 1),
+                                threshold=-1e9 if mode == "reference" else None)
+        together = engine().correct_x0(x0_hat, x, sigma, 0, 1)
+        alone = torch.cat([engine().correct_x0(x0_hat[i:i + 1], x[i:i + 1], sigma[i:i + 1], 0, 1) for i in range(4)])
+        assert not torch.equal(together, x0_hat)
+        torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)  # paper mode's beta reaches 1e13 here
 
 
 def test_images_that_do_not_fire_keep_their_exact_values():
@@ -201,3 +204,17 @@ def test_speed_benchmark_quick_run_writes_its_json(tmp_path):
         assert set(case) >= {"shape", "bank_size", "batch", "ours_s", "released_s", "memory_bound_s"}
         assert case["ours_s"] > 0 and case["memory_bound_s"] > 0 and case["released_s"] > 0
         assert len(case["shape"]) == 3 and case["bank_size"] >= 1 and case["batch"] >= 1
+
+
+@pytest.mark.parametrize("mode", ["contrastive", "paper", "reference", "reference-memorization", "reference-copro"])
+def test_every_mode_handles_tiny_duplicated_and_half_banks_in_sd3_sized_latents(mode):
+    """M = 1, a bank of one item repeated, fp16; latents 16 x 128 x 128 (squared distances ~1e6)."""
+    generator = torch.Generator().manual_seed(8)
+    item = torch.randn(1, 16, 128, 128, generator=generator)
+    x0_hat = item + 0.5 * torch.randn(2, 16, 128, 128, generator=generator)
+    x = x0_hat + 3.0 * torch.randn(2, 16, 128, 128, generator=generator)
+    for latents in (item, item.repeat(3, 1, 1, 1), item.half()):
+        engine = SafeDenoiser([(LatentBank("tiny", latents), 1.0)], mode=mode, window=(0, 1))
+        out = engine.correct_x0(x0_hat, x, 3.0, 0, 1)
+        assert torch.isfinite(out).all()
+        assert all(math.isfinite(r[0].nearest_distance) for r in engine.report.images.values())

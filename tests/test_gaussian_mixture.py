@@ -135,7 +135,8 @@ def engine_samples(mu, dim, sampler, reference: bool, options: dict, count=2000,
 
 @pytest.mark.parametrize("dim", [2, pytest.param(64, marks=pytest.mark.slow)])
 def test_contrastive_mode_with_reference_bank_removes_unsafe_modes_keeps_proportions(dim):
-    """Measured (Euler, 2000 samples): unsafe share 1.7% in 2-D; safe modes 0.156-0.177 of the safe samples."""
+    """With the exact prior odds Z_u/Z_s = 1/3. Measured (Euler, 2000 samples; data denoiser: 25% unsafe):
+    unsafe share 1.8% (2-D) / 2.5% (64-D); each safe mode 0.141-0.179 of the safe samples (1/6 = 0.167)."""
     mu = means(dim)
     shares = engine_samples(mu, dim, "euler", reference=True, options={"prior_odds": len(UNSAFE) / len(SAFE)})
     assert shares[UNSAFE].sum() <= 0.04
@@ -144,7 +145,8 @@ def test_contrastive_mode_with_reference_bank_removes_unsafe_modes_keeps_proport
 
 @pytest.mark.slow
 def test_contrastive_mode_without_reference_bank_in_64d():
-    """With the Gaussian background (default options), 64-D: measured unsafe share 3%, safe modes within 0.02."""
+    """Gaussian background, default options, 64-D. Measured: unsafe share 3.5%, safe modes 0.146-0.182.
+    (In 2-D one broad Gaussian is a poor model of the safe modes: 3.5% unsafe, but safe shares 0.03-0.41.)"""
     mu = means(64)
     shares = engine_samples(mu, 64, "euler", reference=False, options={})
     assert shares[UNSAFE].sum() <= 0.06

@@ -100,7 +100,8 @@ def test_gate_plot_draws_one_line_per_image_per_pass(tmp_path):
     assert ui.gate_plot({}) is None
 
 
-def test_build_streams_progress_reports_every_file_and_deletes_the_uploads(session, tmp_path):
+def test_build_streams_progress_reports_every_file_and_deletes_the_uploads(session, tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))  # gradio's cache of uploads, private here
     photos = write_photos(tmp_path / "upload")
     broken = write_broken(tmp_path / "upload")
     paths = [photos["astronaut.png"], broken["truncated.jpg"][0], photos["coffee.jpg"], broken["notes.png"][0]]
@@ -117,14 +118,14 @@ def test_build_streams_progress_reports_every_file_and_deletes_the_uploads(sessi
     temporary = [Path(u.name) for u in uploads] + [Path(u.file.name) for u in uploads]
     assert all(t.exists() for t in temporary) and not set(temporary) & set(paths)
     updates = list(handlers.build(uploads, "", "mixed", False, "Mixed", "", "", "", ""))
-    progress, report, rows, dropdown = updates[-1]
+    progress, report, rows, dropdown, upload_field = updates[-1]
     assert locked and all(locked)
     assert "4 / 4 files" in progress
     assert report.count("<tr class=") == 4
     for name, status in [("astronaut.png", "added"), ("truncated.jpg", "truncated"), ("notes.png", "not-an-image")]:
         assert f"<td>{name}</td><td>{status}</td>" in report
     assert "Bank mixed" in report and "2 images" in report
-    assert [row[0] for row in rows] == ["mixed"] and dropdown["value"] == "mixed"
+    assert [row[0] for row in rows] == ["mixed"] and dropdown["value"] == "mixed" and upload_field is None
     assert not any(t.exists() for t in temporary)  # the uploads' copies, not the user's files
     assert session.backend.store().inspect("mixed")["title"] == "Mixed"
 
@@ -135,11 +136,11 @@ def test_build_refuses_missing_names_both_sources_and_server_folders_when_hidden
     photos = write_photos(tmp_path / "folder")
     (_, first, *_), = list(handlers.build([], "", "x", False, *[""] * 5))
     assert "Give the bank a name" not in first and "Upload images or name a server folder" in first
-    (*_, report, _, _), = list(handlers.build([], str(tmp_path / "folder"), "x", False, *[""] * 5))
+    (_, report, *_), = list(handlers.build([], str(tmp_path / "folder"), "x", False, *[""] * 5))
     assert "reading server folders is disabled" in report
-    (*_, report, _, _), = list(handlers.build(uploads_of([photos["coffee.jpg"]]), str(tmp_path / "folder"), "x",
-                                               False, *[""] * 5))
-    assert "not both" in report
+    (_, report, *_, upload_field), = list(handlers.build(uploads_of([photos["coffee.jpg"]]), str(tmp_path / "folder"),
+                                                          "x", False, *[""] * 5))
+    assert "not both" in report and upload_field == gr.update() and photos["coffee.jpg"].exists()
     assert session.backend.store().names() == []
     tab = ui.build_tab(session.backend)  # on_ui_tabs runs before the page's own Blocks opens
     folder = next(b for b in tab.blocks.values() if getattr(b, "elem_id", None) == "safe_denoiser_tab_folder")
@@ -163,7 +164,8 @@ def test_listing_shows_card_size_space_and_compatibility(session, tmp_path):
     session.load_model("test")
     rows, _, _ = handlers.listing()
     assert rows[0][5] == "yes"
-    assert "3 images" in handlers.select("photos")
+    card, delete, rename = handlers.select("photos")
+    assert "3 images" in card and delete["interactive"] and rename["interactive"]
 
 
 def test_delete_needs_confirmation_and_enforced_banks_stay(tmp_path):
@@ -182,6 +184,8 @@ def test_delete_needs_confirmation_and_enforced_banks_stay(tmp_path):
     message, rows, _, _ = handlers.delete("photos", True)
     assert message.endswith("Deleted photos.</div>") and [r[0] for r in rows] == ["guarded"]
     assert [r[6] for r in rows] == ["yes"]
+    card, delete, rename = handlers.select("guarded")
+    assert "enforced on this server" in card and not delete["interactive"] and not rename["interactive"]
     tab = ui.build_tab(session.backend)
     banner = next(b for b in tab.blocks.values() if getattr(b, "elem_id", None) == "safe_denoiser_tab_enforced")
     assert "guarded" in banner.value and "cannot be deleted" in banner.value
@@ -227,3 +231,24 @@ def test_inspect_and_plot_handlers(tmp_path):
     ui_session.start(tmp_path)
     figure, note = handlers.plot()
     assert figure is None and "No generation" in note
+
+
+def test_every_visible_control_has_a_hint(session):
+    import re
+
+    script = (Path(__file__).resolve().parents[1] / "javascript" / "safe_denoiser.js").read_text()
+    hinted = set(re.findall(r'^\s*"(_\w*)":', script, re.MULTILINE))
+    with gr.Blocks() as page:
+        ui.build_accordion(False, session.backend)
+    tab = ui.build_tab(session.backend)
+    def is_control(block) -> bool:
+        if isinstance(block, gr.File):
+            return block.interactive is not False
+        display = (gr.HTML, gr.Markdown, gr.JSON, gr.Plot)
+        return (isinstance(block, (gr.Button, gr.components.IOComponent)) and not isinstance(block, display)
+                and block.visible is not False)
+    controls = [b for blocks in (page.blocks, tab.blocks) for b in blocks.values() if is_control(b) and b.elem_id]
+    suffixes = {re.sub(r"_\d+$", "", b.elem_id.removeprefix("safe_denoiser_txt2img").removeprefix("safe_denoiser_tab"))
+                for b in controls}
+    assert "_build" in suffixes and "_banks" in suffixes and "_files" in suffixes
+    assert suffixes - hinted == set()

@@ -6,6 +6,7 @@ One page serves the whole module. Screenshots go to artifacts/screenshots/.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -34,6 +35,10 @@ def webui(tmp_path_factory):
     from tests.browser import app
 
     folder = tmp_path_factory.mktemp("browser")
+    # gradio files uploads by content hash under its temporary folder: a private one keeps concurrent test
+    # runs from sharing (and deleting) each other's uploads
+    previous_temp_dir = os.environ.get("GRADIO_TEMP_DIR")
+    os.environ["GRADIO_TEMP_DIR"] = str(folder / "gradio")
     session = ui_session.start(folder)
     photos = write_photos(folder / "photos")
     session.build_bank("photos", [(n, p.read_bytes()) for n, p in list(photos.items())[:2]])
@@ -47,6 +52,10 @@ def webui(tmp_path_factory):
         yield page, session, folder, photos
         browser.close()
     page_app.close()
+    if previous_temp_dir is None:
+        os.environ.pop("GRADIO_TEMP_DIR")
+    else:
+        os.environ["GRADIO_TEMP_DIR"] = previous_temp_dir
 
 
 def shot(page, name: str) -> None:
@@ -103,6 +112,7 @@ def test_build_a_bank_from_uploads_with_a_broken_file(webui):
     assert report.locator("tr.safe-denoiser-file-added").count() == 3
     sync_api.expect(report.locator("tr.safe-denoiser-file-truncated")).to_contain_text("truncated.jpg")
     sync_api.expect(page.locator("#safe_denoiser_tab_table")).to_contain_text("uploaded")
+    sync_api.expect(page.locator("#safe_denoiser_tab_files")).not_to_contain_text("truncated.jpg")  # consumed
     shot(page, "tab_built_bank")
     assert session.backend.store().names() == ["photos", "uploaded"]
 
@@ -129,6 +139,7 @@ def test_delete_asks_first(webui):
     assert len(dialogs) == 2 and 'Delete the bank "photos"?' in dialogs[0]
     assert session.backend.store().names() == ["uploaded"]
     sync_api.expect(page.locator("#safe_denoiser_tab_table")).not_to_contain_text("photos")
+    sync_api.expect(page.locator("#safe_denoiser_tab_card").first).to_have_text("")  # no bank selected
     shot(page, "tab_after_delete")
 
 
@@ -139,3 +150,22 @@ def test_gate_plot_of_the_last_generation(webui):
     page.click("#safe_denoiser_tab_plot_refresh")
     sync_api.expect(page.locator("#safe_denoiser_tab_plot img")).to_be_visible()
     shot(page, "tab_gate_plot")
+
+
+def test_enforced_bank_is_shown_and_kept(webui):
+    page, session, _, _ = webui
+    session.shared.cmd_opts.safe_denoiser_enforce = "uploaded"  # as if launched with --safe-denoiser-enforce
+    try:
+        page.click("#tabs button:has-text('Safe Denoiser')")
+        page.click("#safe_denoiser_tab_refresh")
+        sync_api.expect(page.locator("#safe_denoiser_tab_enforced").first).to_contain_text(
+            "Enforced on this server: uploaded")
+        page.click("#safe_denoiser_tab_selected input")
+        page.locator("#safe_denoiser_tab_selected ul.options li", has_text="uploaded").click()
+        sync_api.expect(page.locator("#safe_denoiser_tab_card").first).to_contain_text("enforced on this server")
+        sync_api.expect(page.locator("#safe_denoiser_tab_delete")).to_be_disabled()
+        sync_api.expect(page.locator("#safe_denoiser_tab_rename")).to_be_disabled()
+        assert session.backend.store().names() == ["uploaded"]
+        shot(page, "tab_enforced")
+    finally:
+        session.shared.cmd_opts.safe_denoiser_enforce = None
