@@ -155,11 +155,11 @@ def test_ddim_hooks_eps_at_the_webui_timesteps():
 
 def test_negative_label_conditions_the_uncond_branch():
     model, evaluator = digits.load_model(), digits.load_evaluator()
-    latents = digits.sample(model, None, batch=60, seed=1, cfg_scale=3.0, negative_labels=[1] * 60)
+    latents = digits.sample(model, None, batch=60, seed=1, cfg_scale=3.0, negative_labels=[9] * 60)
     predictions, _, _ = evaluator.judge(digits.decode(latents).clamp(0, 1))
     plain, _, _ = evaluator.judge(digits.decode(digits.sample(model, None, batch=60, seed=1)).clamp(0, 1))
-    assert (predictions == 1).sum() < (plain == 1).sum()
-    assert (predictions == 1).float().mean() <= 0.02
+    assert (plain == 9).sum() >= 6
+    assert (predictions == 9).float().mean() <= 0.02
 
 
 def test_evaluator_accuracy_on_heldout_digits():

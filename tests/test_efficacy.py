@@ -10,13 +10,14 @@ import pytest
 
 from lib_safedenoise.bench import efficacy
 
-NEGATE = 1
+NEGATE = 9  # the class the unconditional model draws most often, so scenario 3 has something to remove
 
 
 @pytest.fixture(scope="module")
 def small_run():
-    return efficacy.evaluate(negate=NEGATE, seed=0, samples=60, sampler="euler", steps=12, cfg_scale=2.0,
-                             report_cfg=None, methods=["none", "negative_prompt"], batch=60, log=lambda m: None)
+    return efficacy.evaluate(negate=NEGATE, seed=0, samples=48, sampler="euler", steps=10, cfg_scale=2.0,
+                             report_cfg=None, methods=["none", "negative_prompt"], batch=48,
+                             collateral=[0, 4], log=lambda m: None)
 
 
 def test_baseline_produces_the_negated_class_and_memorises(small_run):
@@ -30,16 +31,18 @@ def test_baseline_produces_the_negated_class_and_memorises(small_run):
     assert none["realism_confidence"] >= 0.8
 
 
-def test_negative_prompt_lowers_the_negated_rate(small_run):
+def test_negative_prompt_removes_the_class_only_when_not_asked_for(small_run):
     none, negative = small_run["methods"]["none"], small_run["methods"]["negative_prompt"]
-    assert negative["negated_rate"] <= none["negated_rate"] - 0.3
-    assert negative["unconditional_share"] <= none["unconditional_share"]
+    assert none["unconditional_share"] >= 0.05
+    assert negative["unconditional_share"] <= none["unconditional_share"] / 3
+    # asked for K with K as negative prompt, CFG cancels out and the conditional model still draws K
+    assert negative["negated_rate"] >= 0.8
     assert negative["memorised_rate"] is None  # no label names five particular images
 
 
 def test_json_and_figures(tmp_path):
     path = tmp_path / "result.json"
-    code = efficacy.main(["--negate", "7", "--samples", "12", "--steps", "6", "--report-cfg", "4",
+    code = efficacy.main(["--negate", "7", "--samples", "12", "--steps", "6", "--report-cfg", "4", "--collateral", "1",
                           "--methods", "none", "negative_prompt", "--json", str(path), "--out", str(tmp_path)])
     assert code == 0
     result = json.loads(path.read_text())
@@ -60,6 +63,7 @@ def test_bad_options_are_reported(capsys):
     assert efficacy.main(["--negate", "12", "--samples", "4"]) == 2
     assert "0..9" in capsys.readouterr().err
     assert efficacy.main(["--methods", "nonsense", "--samples", "4"]) == 2
+    assert efficacy.main(["--negate", "3", "--collateral", "3", "--samples", "4"]) == 2
 
 
 def test_wilson_interval():

@@ -215,10 +215,17 @@ def _rate(hits: torch.Tensor) -> tuple[float, tuple[float, float]]:
 
 
 def evaluate(*, negate: int, seed: int, samples: int, sampler: str, steps: int, cfg_scale: float,
-             report_cfg: float | None, methods: list[str], batch: int = 500, log=print) -> dict:
-    """Run every scenario for every method; returns the JSON-ready result (see the module docstring)."""
+             report_cfg: float | None, methods: list[str], batch: int = 500,
+             collateral: list[int] | None = None, log=print) -> dict:
+    """Run every scenario for every method; returns the JSON-ready result (see the module docstring).
+
+    ``collateral``: the classes of scenario 2 (default: every class but ``negate``).
+    """
     if not 0 <= negate <= 9:
         raise ValueError(f"--negate must be a digit class 0..9, got {negate}")
+    others = [j for j in range(10) if j != negate] if collateral is None else sorted(set(collateral))
+    if not others or any(not 0 <= j <= 9 or j == negate for j in others):
+        raise ValueError(f"collateral classes must be digits 0..9 other than {negate}, got {collateral}")
     unknown = [name for name in methods if name not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; known: {', '.join(METHODS)}")
@@ -233,7 +240,6 @@ def evaluate(*, negate: int, seed: int, samples: int, sampler: str, steps: int, 
     memorized_pixels, memorized_labels = memorized_bank(setup, memorizer)
     memorized = LatentBank("memorised-digits", digits.encode(memorized_pixels), latent_space="digits")
     near_duplicate = digits.near_duplicate_distance()
-    others = [j for j in range(10) if j != negate]
 
     results, grids, baseline = {}, {}, {}
     for name in methods:
@@ -262,7 +268,7 @@ def evaluate(*, negate: int, seed: int, samples: int, sampler: str, steps: int, 
         grids[name] = asked.pixels[:64]
         log(f"{name}: done ({time.perf_counter() - started:.0f} s elapsed)")
     return {"negate": negate, "seed": seed, "samples": samples, "sampler": sampler, "steps": steps,
-            "cfg": cfg_scale, "report_cfg": report_cfg, "near_duplicate_distance": near_duplicate,
+            "cfg": cfg_scale, "report_cfg": report_cfg, "collateral_classes": others, "near_duplicate_distance": near_duplicate,
             "memorised_bank_labels": memorized_labels.tolist(),
             "runtime_seconds": round(time.perf_counter() - started, 1),
             "methods": results, "_grids": grids}
@@ -430,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="second CFG scale for the negated rate (default 4; 0 skips it)")
     parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
                         help=f"methods to compare ('none' always runs); known: {', '.join(METHODS)}")
+    parser.add_argument("--collateral", type=int, nargs="+", metavar="CLASS",
+                        help="classes of the collateral scenario (default: every class but --negate)")
     parser.add_argument("--batch", type=int, default=500, help="images per sampling call")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json", type=Path, help="write the result object here")
@@ -442,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = evaluate(negate=args.negate, seed=args.seed, samples=args.samples, sampler=args.sampler,
                           steps=args.steps, cfg_scale=args.cfg, report_cfg=args.report_cfg or None,
-                          methods=args.methods, batch=args.batch, log=lambda m: print(m, file=sys.stderr))
+                          methods=args.methods, batch=args.batch, collateral=args.collateral, log=lambda m: print(m, file=sys.stderr))
     except (ValueError, FileNotFoundError) as error:
         print(f"efficacy: {error}", file=sys.stderr)
         return 2

@@ -36,6 +36,7 @@ def save_checkpoint(module: torch.nn.Module, path: Path, metadata: dict) -> None
     os.close(handle)
     try:
         save_file(tensors, temporary, metadata={key: str(value) for key, value in metadata.items()})
+        os.chmod(temporary, 0o644)  # mkstemp's 0600 would make a committed checkpoint private
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):

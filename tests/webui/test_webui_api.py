@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from webui_server import (REPO_ROOT, SCRIPT_API_NAME, SCRIPT_TITLE, SD1_BANK, WRONG_FAMILY_BANK,
+from webui_server import (ALWAYS_FIRING_MODE, REPO_ROOT, SCRIPT_API_NAME, SCRIPT_TITLE, SD1_BANK, WRONG_FAMILY_BANK,
                           expected_fired_steps, script_args)
 
 sys.path.insert(0, str(REPO_ROOT))
@@ -55,7 +55,7 @@ def test_infotext_and_report_of_a_corrected_image(webui):
     parsed = webui.parse_infotext(result.infotexts[0])
     assert parsed[extension.INFOTEXT_FIRED_KEY] == "2-3", result.infotexts[0]
     assert parsed[extension.INFOTEXT_KEY].startswith(f"banks={SD1_BANK}@")
-    assert "mode=paper" in parsed[extension.INFOTEXT_KEY]
+    assert f"mode={ALWAYS_FIRING_MODE}" in parsed[extension.INFOTEXT_KEY]
     assert parsed["Steps"] == "3" and parsed["Seed"] == "1234"  # the WebUI's own keys still parse around ours
     report = result.report
     assert report is not None, f"no report in info.extra_generation_params: {result.info}"

@@ -152,7 +152,9 @@ class WebUIServer:
     def command(self) -> list[str]:
         common = ["launch.py", "--skip-prepare-environment", "--skip-torch-cuda-test", "--skip-version-check",
                   "--do-not-download-clip", "--no-download-sd-model", "--api", "--api-server-stop",
-                  "--server-name", "127.0.0.1", "--port", str(self.port), "--data-dir", str(self.data_dir)]
+                  "--port", str(self.port), "--data-dir", str(self.data_dir)]
+        # No --server-name: gradio binds 127.0.0.1 by default, and any --server-name makes the WebUI treat the
+        # server as reachable from other machines (cmd_opts.disable_extension_access), which the bank API obeys.
         if self.config.kind == FORGE:
             host = ["--always-cpu", "--skip-python-version-check"]
         else:
@@ -305,8 +307,15 @@ def base_payload(payload: dict) -> dict:
             "save_images": False, "send_images": True, **payload}
 
 
-def script_args(enabled: bool = True, banks=(), strengths="", mode: str = "paper", bandwidth: float = 0.0,
-                window_start: float = 0.0, window_end: float = 1.0, threshold: float = -1.0) -> dict:
+# A mode whose gate is always open (threshold 1e-9 below the kernel's 1e-8 floor) and whose correction is
+# large (scale 0.69): it fires on every step of its window whatever the bank, so the window and the effect on
+# the image are both observable with any checkpoint.
+ALWAYS_FIRING_MODE = "reference-memorization"
+
+
+def script_args(enabled: bool = True, banks=(), strengths="", mode: str = ALWAYS_FIRING_MODE,
+                bandwidth: float = 0.0, window_start: float = 0.0, window_end: float = 1.0,
+                threshold: float = -1.0) -> dict:
     """``alwayson_scripts`` entry for our script, in the documented positional order
     (lib_safedenoise/generation_args.py)."""
     return {SCRIPT_TITLE: {"args": [enabled, list(banks), strengths, mode, bandwidth, window_start, window_end,
