@@ -24,8 +24,9 @@ import torch
 
 from .latent_bank import LatentBank
 
-CHUNK_BYTES = 8 << 20
-"""Float32 bytes of bank rows per chunk: small enough that the second product reads the chunk from cache."""
+CHUNK_BYTES = 16 << 20
+"""Float32 bytes of bank rows per chunk: large enough to amortise the per-chunk work, small enough that
+the second product finds the chunk in the last-level cache (measured best of 1-32 MB on a 2-core Xeon)."""
 
 MIN_CHUNK_ROWS = 8
 """Lower bound on rows per chunk, so the per-chunk rescale of the ``B x D`` accumulator stays cheap."""

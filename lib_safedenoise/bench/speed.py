@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 
@@ -132,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         result["bank_build"] = builder.measure_build_throughput(**({"images": 8} if args.quick else {}))
     print(table(cases))
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
+        partial = f"{args.json}.partial"
+        with open(partial, "w", encoding="utf-8") as handle:
             json.dump(result, handle, indent=2)
+        os.replace(partial, args.json)
     return 0

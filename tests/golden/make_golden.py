@@ -9,6 +9,7 @@ VAE, a scheduler and CUDA; the attributes the kernel methods read are set direct
 
 from __future__ import annotations
 
+import os
 import sys
 import types
 from pathlib import Path
@@ -65,7 +66,10 @@ def main(checkout: str) -> None:
         out[f"fired_{index}"] = torch.tensor(gates, dtype=torch.uint8)
     out["bandwidths"] = torch.tensor(BANDWIDTHS, dtype=torch.float64)
     out["scale_margin"] = torch.tensor([SCALE, MARGIN], dtype=torch.float64)
-    save_file({k: v.contiguous() for k, v in out.items()}, str(Path(__file__).with_name("reference_kernel.safetensors")))
+    target = Path(__file__).with_name("reference_kernel.safetensors")
+    partial = target.with_suffix(".partial")
+    save_file({k: v.contiguous() for k, v in out.items()}, str(partial))
+    os.replace(partial, target)
 
 
 if __name__ == "__main__":

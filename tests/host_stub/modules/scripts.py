@@ -39,10 +39,6 @@ class Script:
         return True
 
 
-HOOKS = ("before_process", "process", "before_process_batch", "process_batch", "before_hr",
-         "postprocess_batch", "postprocess_image")
-
-
 class ScriptRunner:
     def __init__(self):
         self.alwayson_scripts: list[Script] = []
@@ -76,13 +72,13 @@ class ScriptRunner:
         """What modules/api/api.py ``init_default_script_args`` builds: each control's default value."""
         return [component.value for component in self.inputs]
 
-    def _run(self, hook, p, *args, **kwargs):
+    def _run(self, hook, p, **kwargs):
         for script in self.alwayson_scripts:
             method = getattr(script, hook, None)
             if method is None:
                 continue
             try:
-                method(p, *args, *p.script_args[script.args_from:script.args_to], **kwargs)
+                method(p, *p.script_args[script.args_from:script.args_to], **kwargs)
             except Exception:
                 errors.report(f"Error running {hook}: {script.filename}", exc_info=True)
 
