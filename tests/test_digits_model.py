@@ -224,3 +224,22 @@ def test_training_script_reproduces_the_committed_quality(tmp_path):
     assert fresh >= 0.95 and fresh >= committed - 0.03
     memorizer = checkpoints.load_diffusion(tmp_path / "memorizer.safetensors", "memorizer")
     assert _memorised_rate(memorizer) >= 0.5
+
+
+def test_training_is_deterministic():
+    threads, strict = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    fill = torch.utils.deterministic.fill_uninitialized_memory
+    try:
+        train.deterministic()
+        pixels, labels = digits.subset("train")
+        runs = [train.train_denoiser(pixels[:64], labels[:64], seed=3, iterations=4, batch=16) for _ in range(2)]
+        classifiers = [digits.evaluator.train_classifier(pixels[:64], labels[:64], seed=3, iterations=4)
+                       for _ in range(2)]
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(strict)
+        torch.utils.deterministic.fill_uninitialized_memory = fill
+    for first, second in (runs, classifiers):
+        for (name, a), b in zip(first.state_dict().items(), second.state_dict().values()):
+            assert torch.equal(a, b), name
+    assert not torch.equal(runs[0].model.head.weight, torch.zeros_like(runs[0].model.head.weight))

@@ -341,8 +341,8 @@ def markdown_table(result: dict) -> str:
     if result.get("report_cfg"):
         key = f"negated_rate_cfg{result['report_cfg']:g}"
         columns.insert(1, (key, f"negated (CFG {result['report_cfg']:g})", 100, "%"))
-    header = [f"method"] + [f"{title}" + (f" (CFG {result['cfg']:g})" if key == "negated_rate" else "")
-                            for key, title, _, _ in columns]
+    header = ["method"] + [title + (f" (CFG {result['cfg']:g})" if key == "negated_rate" else "")
+                           for key, title, _, _ in columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, metrics in result["methods"].items():
         cells = [name]
@@ -439,14 +439,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--collateral", type=int, nargs="+", metavar="CLASS",
                         help="classes of the collateral scenario (default: every class but --negate)")
     parser.add_argument("--batch", type=int, default=500, help="images per sampling call")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1: tiny convolutions gain little from more, and a "
+                             "busy machine makes extra threads spin)")
     parser.add_argument("--json", type=Path, help="write the result object here")
     parser.add_argument("--out", type=Path, help="write PNG figures into this folder")
     args = parser.parse_args(argv)
     if args.samples < 2:
         parser.error("--samples must be at least 2")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads < 1:
+        parser.error("--threads must be at least 1")
+    torch.set_num_threads(args.threads)
     try:
         result = evaluate(negate=args.negate, seed=args.seed, samples=args.samples, sampler=args.sampler,
                           steps=args.steps, cfg_scale=args.cfg, report_cfg=args.report_cfg or None,

@@ -1,9 +1,11 @@
 """Train the digits checkpoints: ``python -m lib_safedenoise.digits.train [--out DIR] [--seed S]
 [--only denoiser|memorizer|evaluator ...] [--iterations N]``.
 
-Deterministic: fixed seeds, fixed thread count, ``torch.use_deterministic_algorithms``. The defaults
-are what produced the committed files in ``lib_safedenoise/digits/weights`` (about five minutes on two
-idle CPU cores for everything).
+Deterministic: fixed seeds, one thread, ``torch.use_deterministic_algorithms``. The defaults are what
+produced the committed files in ``lib_safedenoise/digits/weights``. Each checkpoint trains on one core;
+to use two, run ``--only denoiser`` and ``--only evaluator memorizer`` as two processes (the committed
+files took 692 s and 267 + 397 s that way on a shared two-core machine at load 6-8; each file's
+``train_seconds`` metadata records its time).
 """
 
 from __future__ import annotations
