@@ -26,7 +26,8 @@ PAGE_TIMEOUT_MS = 180_000
 
 
 @pytest.fixture
-def page(webui):
+def loaded_page(webui):
+    """The txt2img page, loaded, and a function returning what the server logged since it was requested."""
     playwright_api = pytest.importorskip("playwright.sync_api")
     if not CHROMIUM.is_file():
         pytest.skip(f"no Chromium at {CHROMIUM}")
@@ -36,14 +37,16 @@ def page(webui):
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(PAGE_TIMEOUT_MS)
+            log_before = len(webui.log())
             page.goto(webui.url, wait_until="load", timeout=PAGE_TIMEOUT_MS)
             page.wait_for_selector(ACCORDION, state="attached")
-            yield page
+            yield page, lambda: webui.log()[log_before:]
         finally:
             browser.close()
 
 
-def test_accordion_renders_in_txt2img_and_hints_load(page):
+def test_accordion_renders_in_txt2img_and_hints_load(loaded_page):
+    page, server_log_since_load = loaded_page
     accordion = page.locator(ACCORDION)
     accordion.scroll_into_view_if_needed()
     assert accordion.is_visible()
@@ -53,9 +56,13 @@ def test_accordion_renders_in_txt2img_and_hints_load(page):
     # onUiLoaded sets the hints as title attributes once the page has been built
     page.wait_for_function("document.querySelector('#safe_denoiser_txt2img_banks')?.title?.length > 0")
     assert "Negation banks" in page.locator("#safe_denoiser_txt2img_banks").get_attribute("title")
+    # the page's load events (the settings values among them) ran without a server-side error
+    page.wait_for_timeout(5000)
+    assert "Traceback" not in server_log_since_load(), server_log_since_load()[-3000:]
 
 
-def test_tab_builds_a_bank_from_uploaded_files(page, webui, tmp_path):
+def test_tab_builds_a_bank_from_uploaded_files(loaded_page, webui, tmp_path):
+    page, _ = loaded_page
     name = "webui-suite-browser"
     generator = np.random.default_rng(9)
     uploads = []
