@@ -396,10 +396,12 @@ def add_settings(section: tuple[str, str], options: Sequence[tuple[str, Any, str
             if isinstance(restricted, set):
                 restricted.add(key)
         if choices is not None:
-            import gradio as gr
+            # DropdownMulti, not Dropdown(multiselect=True): the settings page re-applies component_args
+            # through Dropdown.update() on every load, and gradio 3's update() rejects ``multiselect``.
+            from modules.ui_components import DropdownMulti
 
-            extra.update(component=gr.Dropdown, refresh=choices,  # the settings page's refresh button
-                         component_args=lambda choices=choices: {"choices": choices(), "multiselect": True})
+            extra.update(component=DropdownMulti, refresh=choices,  # the settings page's refresh button
+                         component_args=lambda choices=choices: {"choices": choices()})
         option = shared.OptionInfo(default, label, section=section, **extra)
         if info_text:
             option = option.info(info_text)

@@ -12,15 +12,6 @@ from lib_safedenoise.digits import checkpoints, data, train
 from lib_safedenoise.digits.sampling import ddim_timesteps
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Batches of tiny convolutions run fastest on one thread, and extra threads only spin on a busy CI box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_split_is_disjoint_complete_stratified_and_stable():
     split = digits.digit_split()
     parts = [set(split.train), set(split.heldout), set(split.evaluator)]

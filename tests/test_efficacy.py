@@ -12,13 +12,6 @@ import torch
 from lib_safedenoise.bench import efficacy
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Batches of tiny convolutions run fastest on one thread, and extra threads only spin on a busy CI box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 NEGATE = 9  # the class the unconditional model draws most often, so scenario 3 has something to remove
 

@@ -1,7 +1,16 @@
 """Follows modules/ui_components.py: ``InputAccordion`` is a hidden ``gr.Checkbox`` (the script argument)
-that drives a ``gr.Accordion``; ``extra()`` is a column in the accordion's header."""
+that drives a ``gr.Accordion`` through the page's ``inputAccordionChecked``; ``extra()`` is a column in the
+accordion's header. ``DropdownMulti`` is a dropdown that is always multi-select."""
 
 import gradio as gr
+
+
+class DropdownMulti(gr.Dropdown):
+    def __init__(self, **kwargs):
+        super().__init__(multiselect=True, **kwargs)
+
+    def get_block_name(self):
+        return "dropdown"
 
 
 class InputAccordion(gr.Checkbox):
@@ -13,6 +22,8 @@ class InputAccordion(gr.Checkbox):
             self.accordion_id = f"input-accordion-{InputAccordion.global_index}"
             InputAccordion.global_index += 1
         super().__init__(value, **{**kwargs, "elem_id": f"{self.accordion_id}-checkbox", "visible": False})
+        self.change(fn=None, _js='function(checked){ inputAccordionChecked("' + self.accordion_id + '", checked); }',
+                    inputs=[self])
         self.accordion = gr.Accordion(**{**kwargs, "elem_id": self.accordion_id,
                                          "label": kwargs.get("label", "Accordion"),
                                          "elem_classes": ["input-accordion"], "open": value})
