@@ -147,8 +147,11 @@ def test_ddim_hooks_eps_at_the_webui_timesteps():
         return eps
 
     digits.sample(model, [1], sampler="ddim", steps=10, seed=0, after_cfg_eps=record)
-    assert seen == [(t, i, 10) for i, t in enumerate(ddim_timesteps(10).tolist())]
-    assert seen[0][0] == 901 and seen[-1][0] == 1
+    assert seen == [(t, i, 9) for i, t in enumerate(ddim_timesteps(10).flip(0)[:-1].tolist())]
+    assert seen[0][0] == 901 and seen[-1][0] == 101  # the WebUI never calls the model at t = 1
+    seen.clear()
+    digits.sample(model, [1], sampler="ddim", steps=12, seed=0, after_cfg_eps=record)
+    assert [t for t, _, _ in seen] == list(range(997, 1, -83)) and seen[-1][1:] == (11, 12)
     with pytest.raises(ValueError, match="after_cfg_eps"):
         digits.sample(model, [1], sampler="ddim", steps=4, after_cfg=lambda *a: a[0])
 

@@ -60,25 +60,30 @@ class CFGDenoiser(nn.Module):
 
 
 def ddim_timesteps(steps: int) -> torch.Tensor:
-    """The WebUI's DDIM timesteps (uniform, ``range(0, 1000, 1000 // steps) + 1``), highest first."""
-    return torch.from_numpy(np.arange(0, 1000, 1000 // steps)[:steps] + 1).flip(0)
+    """The WebUI's DDIM timesteps, lowest first: ``clip(range(0, 1000, 1000 // steps) + 1, 0, 999)``
+    (modules/sd_samplers_timesteps.py ``get_timesteps``). When 1000 is not a multiple of ``steps`` there
+    are more than ``steps`` of them."""
+    return torch.clip(torch.arange(0, 1000, 1000 // steps) + 1, 0, 999)
 
 
 @torch.no_grad()
 def sample_ddim(model, x: torch.Tensor, steps: int, cond, uncond, cond_scale: float,
                 after_cfg_eps: AfterCFGEps | None = None) -> torch.Tensor:
-    """Deterministic DDIM (eta 0) from pure noise ``x`` (unit variance) to the clean latent."""
+    """Deterministic DDIM (eta 0) from pure noise ``x`` (unit variance), as the WebUI runs it
+    (modules/sd_samplers_timesteps_impl.py ``ddim``): the model is called at every timestep but the
+    lowest, ``len(timesteps) - 1`` times, and the loop ends at the lowest timestep (t = 1), not at t = 0."""
     alphas_cumprod = model.alphas_cumprod.double()
     timesteps = ddim_timesteps(steps)
+    total = len(timesteps) - 1
     batch = x.shape[0]
-    for step, timestep in enumerate(timesteps.tolist()):
-        t = torch.full((batch,), float(timestep), device=x.device)
+    for step in range(total):
+        index = total - step
+        t = torch.full((batch,), float(timesteps[index]), device=x.device)
         out = model.apply_model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, uncond]))
         eps = out[batch:] + cond_scale * (out[:batch] - out[batch:])
         if after_cfg_eps is not None:
-            eps = after_cfg_eps(eps, x, t, step, steps)
-        a_t = alphas_cumprod[timestep].item()
-        a_prev = alphas_cumprod[timesteps[step + 1]].item() if step + 1 < steps else 1.0
+            eps = after_cfg_eps(eps, x, t, step, total)
+        a_t, a_prev = alphas_cumprod[timesteps[index]].item(), alphas_cumprod[timesteps[index - 1]].item()
         pred_x0 = (x - (1 - a_t) ** 0.5 * eps) / a_t ** 0.5
         x = a_prev ** 0.5 * pred_x0 + (1 - a_prev) ** 0.5 * eps
     return x
