@@ -35,6 +35,7 @@ function safeDenoiserConfirmDelete(name, confirmed) {
         "_card_license": "Under which terms the bank may be shared and used.",
         "_card_usage_hint": "Intended use, and recommended mode and strength.",
         "_overwrite": "Rebuild a bank that already exists (an enforced bank is never replaced).",
+        "_role": "negation: images to avoid. reference: a few hundred ordinary images of what you usually generate; the default mode contrasts against every reference bank that fits the loaded model.",
         "_build": "Encode the images with the loaded model's VAE and save the bank. Generations wait meanwhile.",
         "_cancel": "Stop the running build; nothing is written.",
         "_progress": "Files read so far.",

@@ -113,9 +113,12 @@ class BankService:
         self.backend.guard_change(clean)
         return clean
 
-    def build(self, sources: Iterable[Any], name: str, *, overwrite: bool = False,
+    def build(self, sources: Iterable[Any], name: str, *, overwrite: bool = False, role: str = "negation",
               progress: Progress | None = None, card: dict[str, str] | None = None) -> BuildReport:
         """Encode ``sources`` (``(file name, bytes)`` uploads, or paths) with the loaded model's VAE.
+
+        ``role`` is ``negation`` (what to avoid) or ``reference`` (ordinary images, the safe side that
+        the default mode contrasts against).
 
         The WebUI's queue lock is held for the whole build, so every image is encoded by the same model.
         """
@@ -126,8 +129,9 @@ class BankService:
         try:
             with self.backend.gpu_lock():
                 encoder = self.backend.encoder()
-                return store.build(list(sources), encoder, clean, overwrite=overwrite, progress=progress,
-                                   cancel=cancel, **{k: v for k, v in (card or {}).items() if v})
+                return store.build(list(sources), encoder, clean, overwrite=overwrite, role=role,
+                                   progress=progress, cancel=cancel,
+                                   **{k: v for k, v in (card or {}).items() if v})
         finally:
             self._cancels.discard(cancel)
 
@@ -214,6 +218,7 @@ class BuildRequest(BaseModel):
     name: str
     images: List[UploadedImage]
     overwrite: bool = False
+    role: str = Field("negation", description="negation (what to avoid) or reference (ordinary images)")
     title: str = ""
     description: str = ""
     author: str = ""
@@ -266,7 +271,8 @@ def register_routes(app, service: BankService, dependencies: list) -> None:
             uploads = [(image.name or f"image {i}", decode_base64(image.data, f"images[{i}].data"))
                        for i, image in enumerate(request.images)]
             card = {key: getattr(request, key) for key in CARD_FIELDS}
-            return service.build(uploads, request.name, overwrite=request.overwrite, card=card).as_dict()
+            return service.build(uploads, request.name, overwrite=request.overwrite, role=request.role,
+                                 card=card).as_dict()
         return call(build, writes=True)
 
     def import_preset(request: ImportRequest) -> dict:

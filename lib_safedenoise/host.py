@@ -231,10 +231,35 @@ def bank_loader() -> Callable[[str], Any]:
     return lambda name: store.load(name, space_id=space)
 
 
-def engine_factory() -> Callable[..., Any]:
-    from lib_safedenoise.engine import SafeDenoiser
+def reference_bank():
+    """The ordinary images the default mode contrasts against: every bank of role ``reference`` in the
+    bank folder that fits the loaded model, joined at the first one's latent size; None when there is none."""
+    import torch
 
-    return SafeDenoiser
+    from lib_safedenoise.latent_bank import LatentBank, resize_latents
+
+    store, space = bank_store(), model_latent_space()
+    banks = [store.load(entry.name, space_id=space) for entry in store.list(space_id=space)
+             if entry.meta is not None and entry.meta.role == "reference" and entry.compatible]
+    if len(banks) < 2:
+        return banks[0] if banks else None
+    size = banks[0].size
+    return LatentBank("+".join(bank.name for bank in banks), role="reference", latent_space=space,
+                      latents=torch.cat([resize_latents(bank.latents, size) for bank in banks]))
+
+
+def engine_factory() -> Callable[..., Any]:
+    """``SafeDenoiser`` with this server's reference bank handed to the modes that contrast against one."""
+    from lib_safedenoise.engine import SafeDenoiser
+    from lib_safedenoise.modes import MODES, resolve_mode
+
+    reference = reference_bank()
+
+    def make(negations, *, mode: str = "default", **settings):
+        takes_reference = reference is not None and MODES[resolve_mode(mode)].reference_bank == "optional"
+        return SafeDenoiser(negations, mode=mode, reference=reference if takes_reference else None, **settings)
+
+    return make
 
 
 def mode_names() -> list[str]:

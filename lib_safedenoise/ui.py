@@ -20,6 +20,7 @@ import gradio as gr
 
 from lib_safedenoise import modes
 from lib_safedenoise.api import Backend, BankService, CARD_FIELDS
+from lib_safedenoise.latent_bank import ROLES
 from lib_safedenoise.bankfile import BankError
 from lib_safedenoise.builder import BuildReport
 from lib_safedenoise.extension import EnforcementError, format_steps
@@ -350,7 +351,7 @@ class TabHandlers:
         changeable = not (entry or {}).get("enforced", False)
         return bank_card_html(entry), gr.update(interactive=changeable), gr.update(interactive=changeable)
 
-    def build(self, files, folder: str, name: str, overwrite: bool, *card_values: str):
+    def build(self, files, folder: str, name: str, overwrite: bool, role: str, *card_values: str):
         """Generator of ``(progress, report, table, bank dropdown, uploads)`` updates while the bank builds.
 
         A request that cannot start keeps the uploads (to fix and retry); a build consumes them: they are
@@ -376,10 +377,10 @@ class TabHandlers:
             try:
                 if folder:
                     outcome["report"] = self.service.build_from_folder(folder, name, overwrite=overwrite,
-                                                                       progress=progress, card=card)
+                                                                       role=role, progress=progress, card=card)
                 else:
                     outcome["report"] = self.service.build(read_uploads(files), name, overwrite=overwrite,
-                                                           progress=progress, card=card)
+                                                           role=role, progress=progress, card=card)
             except (BankError, EnforcementError, PermissionError, OSError, ValueError) as error:
                 outcome["error"], outcome["report"] = str(error), getattr(error, "report", None)
 
@@ -493,6 +494,7 @@ def build_tab(backend: Backend | None = None) -> gr.Blocks:
                 with gr.Accordion("Card (shown to whoever uses the bank)", open=False, elem_id=f"{p}_card_fields"):
                     card_inputs = [gr.Textbox(label=field_name.replace("_", " ").capitalize(), max_lines=1,
                                               elem_id=f"{p}_card_{field_name}") for field_name in CARD_FIELDS]
+                role = gr.Radio(list(ROLES), value=ROLES[0], label="Role", elem_id=f"{p}_role")
                 overwrite = gr.Checkbox(False, label="Replace a bank of the same name", elem_id=f"{p}_overwrite")
                 with gr.Row():
                     build = gr.Button("Build bank", variant="primary", elem_id=f"{p}_build")
@@ -536,7 +538,7 @@ def build_tab(backend: Backend | None = None) -> gr.Blocks:
         confirmed = gr.Checkbox(False, visible=False, elem_id=f"{p}_delete_confirmed")
 
         changed = [message, table, selected, card]
-        build.click(handlers.build, inputs=[files, folder, name, overwrite, *card_inputs],
+        build.click(handlers.build, inputs=[files, folder, name, overwrite, role, *card_inputs],
                     outputs=[progress, report, table, selected, files])
         cancel.click(handlers.cancel, outputs=[message], queue=False)
         refresh.click(handlers.refresh, inputs=[selected], outputs=[table, selected, card, enforced])

@@ -26,7 +26,7 @@ def inputs(seed=1, batch=3, shape=(4, 8, 8), sigma=1.0):
 def always_on(bank=None, **kwargs):
     """Default mode with a gate that always opens (a tiny threshold and a large prior)."""
     return SafeDenoiser([(bank or make_bank(), 1.0)], window=(0, 1), threshold=1e-30,
-                        options={"prior_odds": 1e30, "cap": 0.5}, **kwargs)
+                        options={"prior_odds": 1e30, "gain": 0.5}, **kwargs)
 
 
 def test_schedule_window_is_a_fraction_of_the_steps_run():
@@ -76,7 +76,7 @@ def test_images_that_do_not_fire_keep_their_exact_values():
 def test_several_banks_add_their_corrections_each_with_its_strength():
     first, second = make_bank(seed=2, name="first"), make_bank(seed=3, name="second")
     x0_hat, x = inputs()
-    options = {"prior_odds": 1e30, "cap": 0.5}
+    options = {"prior_odds": 1e30, "gain": 0.5}
     both = SafeDenoiser([(first, 1.0), (second, 0.5)], window=(0, 1), options=options).correct_x0(x0_hat, x, 1.0, 0, 1)
     only_first = SafeDenoiser([(first, 1.0)], window=(0, 1), options=options).correct_x0(x0_hat, x, 1.0, 0, 1)
     only_second = SafeDenoiser([(second, 0.5)], window=(0, 1), options=options).correct_x0(x0_hat, x, 1.0, 0, 1)
@@ -133,9 +133,9 @@ def test_report_names_the_concrete_mode_and_version_and_serialises():
     engine = always_on()
     for step in range(3):
         engine.correct_x0(x0_hat, x, 1.0, step, 3, image_ids=[7, 8])
-    assert engine.mode_name == "contrastive" and engine.version == ENGINE_VERSION
+    assert engine.mode_name == "posterior" and engine.version == ENGINE_VERSION
     data = json.loads(json.dumps(engine.report.to_dict()))
-    assert data["mode"] == "contrastive" and data["engine_version"] == ENGINE_VERSION
+    assert data["mode"] == "posterior" and data["engine_version"] == ENGINE_VERSION
     assert "default" not in json.dumps(data)
     assert sorted(data["images"]) == ["7", "8"] and [r["step"] for r in data["images"]["7"]] == [0, 1, 2]
     assert set(data["images"]["7"][0]) >= {"step", "fired", "beta", "nearest_distance"}
@@ -173,7 +173,7 @@ def test_window_counts_sampler_steps_with_a_second_order_sampler():
     sampling = kdiffusion.sampling()
     steps, window = 8, (0.0, 0.5)
     bank = make_bank(shape=(4, 4, 4))
-    engine = SafeDenoiser([(bank, 1.0)], window=window, threshold=1e-30, options={"prior_odds": 1e30, "cap": 0.5})
+    engine = SafeDenoiser([(bank, 1.0)], window=window, threshold=1e-30, options={"prior_odds": 1e30, "gain": 0.5})
     counter, seen, callbacks = SamplerSteps(evaluations_per_step=2), [], []
 
     def model(x, sigma):
@@ -198,7 +198,7 @@ def test_speed_benchmark_quick_run_writes_its_json(tmp_path):
     subprocess.run([sys.executable, "-m", "lib_safedenoise.bench", "speed", "--quick", "--json", str(path)],
                    check=True, capture_output=True, timeout=300)
     data = json.loads(path.read_text())
-    assert data["engine_version"] == ENGINE_VERSION and data["default_mode"] == "contrastive"
+    assert data["engine_version"] == ENGINE_VERSION and data["default_mode"] == "posterior"
     assert data["cases"]
     for case in data["cases"]:
         assert set(case) >= {"shape", "bank_size", "batch", "ours_s", "released_s", "memory_bound_s"}
@@ -206,7 +206,8 @@ def test_speed_benchmark_quick_run_writes_its_json(tmp_path):
         assert len(case["shape"]) == 3 and case["bank_size"] >= 1 and case["batch"] >= 1
 
 
-@pytest.mark.parametrize("mode", ["contrastive", "paper", "reference", "reference-memorization", "reference-copro"])
+@pytest.mark.parametrize("mode", ["posterior", "contrastive", "paper", "reference", "reference-memorization",
+                                  "reference-copro"])
 def test_every_mode_handles_tiny_duplicated_and_half_banks_in_sd3_sized_latents(mode):
     """M = 1, a bank of one item repeated, fp16; latents 16 x 128 x 128 (squared distances ~1e6)."""
     generator = torch.Generator().manual_seed(8)

@@ -41,9 +41,8 @@ def infotext_params(response, image=0):
     return infotext_utils.parse_generation_parameters(json.loads(response["info"])["infotexts"][image])
 
 
-# This test checks the generation path (batch layout, steps, x and sigma handed to the engine), not which
-# mode is best (the efficacy benchmark judges that): it uses a mode that removes a class on this model
-# when it corrects at every step.
+# These tests check the generation path (batch layout, steps, x and sigma handed to the engine, the
+# reference bank found in the bank folder), not which mode is best (the efficacy benchmark judges that).
 EFFICACY_MODE = "reference-memorization"
 
 
@@ -57,6 +56,16 @@ def test_negated_class_share_drops_against_the_same_seeds_without_the_extension(
     params = infotext_params(negated)
     assert params[INFOTEXT_KEY].startswith(f"banks={wf.BANK}@")
     assert f"mode={EFFICACY_MODE};" in params[INFOTEXT_KEY]
+
+
+def test_default_mode_removes_the_class_with_a_reference_bank_in_the_folder(webui):
+    request = dict(prompt=str(NEGATED), seed=100, steps=12, cfg_scale=2.0, sampler_name="Euler", batch_size=16)
+    alone = webui.txt2img(**request, safe_denoiser=wf.args(window_end=1.0))
+    wf.write_bank(webui.bank_dir, "ordinary-digits", bank=wf.ordinary_latents(), role="reference")
+    contrasted = webui.txt2img(**request, safe_denoiser=wf.args(window_end=1.0))
+    assert wf.class_share(contrasted, NEGATED) <= 0.2, (wf.class_share(alone, NEGATED),
+                                                        wf.class_share(contrasted, NEGATED))
+    assert wf.class_share(contrasted, NEGATED) < wf.class_share(alone, NEGATED)
 
 
 @pytest.mark.parametrize("sampler, steps, expected", [

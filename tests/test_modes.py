@@ -21,9 +21,9 @@ def bank_and_inputs(seed=0, count=40, batch=3):
 
 
 def test_default_alias_resolves_to_a_concrete_mode_and_unknown_names_list_valid_ones():
-    assert resolve_mode("default") == DEFAULT_MODE == "contrastive"
+    assert resolve_mode("default") == DEFAULT_MODE == "posterior"
     assert all(resolve_mode(name) == name for name in MODES)
-    with pytest.raises(ValueError, match="valid modes: default, contrastive, paper, reference"):
+    with pytest.raises(ValueError, match="valid modes: default, posterior, contrastive, paper, reference"):
         resolve_mode("nonsense")
 
 
@@ -69,6 +69,42 @@ def test_paper_mode_gate_is_on_log_density():
         assert torch.equal(out[row], x0_hat[row]) != did
 
 
+@pytest.mark.parametrize("with_reference", [True, False])
+def test_posterior_mode_swaps_the_unsafe_denoiser_weighted_by_the_posterior(with_reference):
+    """x0_hat + gain * strength * pi * (E_s - E_u): E_u, E_s smoothed-kernel denoisers at x; pi judged at
+    x0_hat (kernels noised to tau) with a reference bank, at x against the Gaussian background without."""
+    bank, x0_hat, x = bank_and_inputs(count=30)
+    other = LatentBank("other", bank.latents[:20] + 0.3, role="reference")
+    spread, sigma, strength, gain, prior, temperature = 0.4, 1.5, 0.5, 3.0, 0.7, 2.0
+    engine = SafeDenoiser([(bank, strength)], mode="posterior", window=(0, 1), threshold=0.0, bandwidth=spread,
+                          reference=other if with_reference else None,
+                          options={"gain": gain, "prior_odds": prior, "temperature": temperature})
+    out = engine.correct_x0(x0_hat, x, sigma, 0, 1)
+    h = math.sqrt(sigma ** 2 + spread ** 2)
+
+    def kernel_denoiser(items):
+        return (sigma / h) ** 2 * unsafe_denoiser(x, h, items) + (spread / h) ** 2 * x
+
+    mean, var = channel_moments(bank.latents)
+    if with_reference:
+        v = float(var.mean())
+        tau_h = math.sqrt(v * sigma ** 2 / (v + sigma ** 2) + spread ** 2)
+        log_u, log_s = log_kernel_density(x0_hat, tau_h, bank), log_kernel_density(x0_hat, tau_h, other)
+        safe = kernel_denoiser(other)
+    else:
+        log_u = log_kernel_density(x, h, bank)
+        log_s = gaussian_log_density(x.flatten(1), x.shape, mean, var, torch.full((3,), sigma))
+        shrink = (var / (var + sigma ** 2))[None, :, None, None]
+        safe = mean[None, :, None, None] + shrink * (x - mean[None, :, None, None])
+    pi = torch.sigmoid(math.log(prior) + (log_u - log_s) / temperature)
+    expected = x0_hat + (gain * strength * pi)[:, None, None, None] * (safe - kernel_denoiser(bank))
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+    assert [r[0].beta for r in engine.report.images.values()] == pytest.approx(pi.tolist(), rel=1e-4, abs=1e-6)
+    off = SafeDenoiser([(bank, strength)], mode="posterior", window=(0, 1), threshold=1.01,
+                       reference=other if with_reference else None)
+    assert torch.equal(off.correct_x0(x0_hat, x, sigma, 0, 1), x0_hat)  # pi never reaches 1.01
+
+
 def test_contrastive_against_itself_gives_the_prior_odds():
     """Same bank as negation and reference: the likelihood ratio is 1, so beta = strength * prior odds."""
     bank, x0_hat, x = bank_and_inputs()
@@ -89,8 +125,8 @@ def test_contrastive_knobs_cap_temperature_strength_threshold():
     near = bank.latents[:3] + 0.05 * torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(9))
 
     def betas(strength=1.0, **options):
-        engine = SafeDenoiser([(bank, strength)], window=(0, 1), threshold=options.pop("threshold", None),
-                              options=options)
+        engine = SafeDenoiser([(bank, strength)], mode="contrastive", window=(0, 1),
+                              threshold=options.pop("threshold", None), options=options)
         out = engine.correct_x0(x0_hat, near, 0.1, 0, 1)
         fired = [r[0].fired for r in engine.report.images.values()]
         assert fired == [not torch.equal(a, b) for a, b in zip(out, x0_hat)]

@@ -117,7 +117,7 @@ def test_build_streams_progress_reports_every_file_and_deletes_the_uploads(sessi
                                                          for p in paths])  # what the handler receives
     temporary = [Path(u.name) for u in uploads] + [Path(u.file.name) for u in uploads]
     assert all(t.exists() for t in temporary) and not set(temporary) & set(paths)
-    updates = list(handlers.build(uploads, "", "mixed", False, "Mixed", "", "", "", ""))
+    updates = list(handlers.build(uploads, "", "mixed", False, "negation", "Mixed", "", "", "", ""))
     progress, report, rows, dropdown, upload_field = updates[-1]
     assert locked and all(locked)
     assert "4 / 4 files" in progress
@@ -134,12 +134,12 @@ def test_build_refuses_missing_names_both_sources_and_server_folders_when_hidden
     session = ui_session.start(tmp_path, hide_ui_dir_config=True)
     handlers = ui.TabHandlers(ui.BankService(session.backend))
     photos = write_photos(tmp_path / "folder")
-    (_, first, *_), = list(handlers.build([], "", "x", False, *[""] * 5))
+    (_, first, *_), = list(handlers.build([], "", "x", False, "negation", *[""] * 5))
     assert "Give the bank a name" not in first and "Upload images or name a server folder" in first
-    (_, report, *_), = list(handlers.build([], str(tmp_path / "folder"), "x", False, *[""] * 5))
+    (_, report, *_), = list(handlers.build([], str(tmp_path / "folder"), "x", False, "negation", *[""] * 5))
     assert "reading server folders is disabled" in report
     (_, report, *_, upload_field), = list(handlers.build(uploads_of([photos["coffee.jpg"]]), str(tmp_path / "folder"),
-                                                          "x", False, *[""] * 5))
+                                                          "x", False, "negation", *[""] * 5))
     assert "not both" in report and upload_field == gr.update() and photos["coffee.jpg"].exists()
     assert session.backend.store().names() == []
     tab = ui.build_tab(session.backend)  # on_ui_tabs runs before the page's own Blocks opens
@@ -194,7 +194,7 @@ def test_delete_needs_confirmation_and_enforced_banks_stay(tmp_path):
     note = next(b for b in page.blocks.values() if getattr(b, "elem_id", None) == "safe_denoiser_img2img_enforced")
     assert "guarded" in note.value
     replaced = list(handlers.build(uploads_of([write_photos(tmp_path / "again")["coffee.jpg"]]), "", "guarded",
-                                   True, *[""] * 5))[-1]
+                                   True, "negation", *[""] * 5))[-1]
     assert "enforced" in replaced[1]
 
 

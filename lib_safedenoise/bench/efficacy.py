@@ -62,6 +62,7 @@ class NegationTask:
     negate: int | None
     model: digits.DigitsLatentDiffusion
     sampler: str
+    reference: LatentBank | None = None  # ordinary images, for modes that contrast against them
 
 
 @dataclass(frozen=True)
@@ -89,13 +90,17 @@ def _negative_prompt(task: NegationTask) -> Intervention | None:
     return None if task.negate is None else Intervention(negative_label=task.negate)
 
 
-def engine_method(name: str, mode: str, summary: str, **settings) -> Method:
-    """A method running ``SafeDenoiser(mode=mode, **settings)`` on the task's bank at strength 1."""
+def engine_method(name: str, mode: str, summary: str, *, use_reference: bool = True, **settings) -> Method:
+    """A method running ``SafeDenoiser(mode=mode, **settings)`` on the task's bank at strength 1, with the
+    task's reference bank when the mode takes one and ``use_reference`` is set."""
 
     def build(task: NegationTask) -> Intervention:
         from ..engine import SafeDenoiser
+        from ..modes import MODES, resolve_mode
 
-        engine = SafeDenoiser([(task.bank, 1.0)], mode=mode, **settings)
+        takes_reference = use_reference and MODES[resolve_mode(mode)].reference_bank == "optional"
+        engine = SafeDenoiser([(task.bank, 1.0)], mode=mode, reference=task.reference if takes_reference else None,
+                              **settings)
         if task.sampler == "ddim":
             alphas_cumprod = task.model.alphas_cumprod
             return Intervention(after_cfg_eps=lambda eps, x, t, step, total: engine.correct_eps(
@@ -119,11 +124,15 @@ for _method in (
     engine_method("reference", "reference", "the released code's defaults (nudity/COCO settings)"),
     engine_method("reference-memorization", "reference-memorization", "the released code's memorisation settings"),
     engine_method("paper", "paper", "the paper's practical algorithm"),
-    engine_method("default", "default", "the engine's default mode"),
+    engine_method("contrastive", "contrastive", "likelihood-ratio beta* in Theorem 3.2's form"),
+    engine_method("default", "default", "the engine's default mode, with a reference bank of ordinary digits"),
+    engine_method("default-no-reference", "default", "the default mode with only its Gaussian background",
+                  use_reference=False),
 ):
     register_method(_method)
 
-DEFAULT_METHODS = ("none", "negative_prompt", "reference", "reference-memorization", "paper", "default")
+DEFAULT_METHODS = ("none", "negative_prompt", "reference", "reference-memorization", "paper", "contrastive",
+                   "default", "default-no-reference")
 
 
 # ---- statistics ----------------------------------------------------------------------------------------
@@ -238,14 +247,22 @@ def evaluate(*, negate: int, seed: int, samples: int, sampler: str, steps: int, 
     class_bank = LatentBank(f"digit-{negate}", digits.encode(heldout_pixels[heldout_labels == negate]),
                             latent_space="digits")
     memorized_pixels, memorized_labels = memorized_bank(setup, memorizer)
-    memorized = LatentBank("memorised-digits", digits.encode(memorized_pixels), latent_space="digits")
     near_duplicate = digits.near_duplicate_distance()
+    memorized = LatentBank("memorised-digits", digits.encode(memorized_pixels), latent_space="digits")
+    # Reference banks come from the training split, so they never overlap the held-out digits that the
+    # Fréchet distances compare against; the memorisation one leaves out the memorised images themselves.
+    train_pixels, train_labels = digits.subset("train")
+    ordinary = digits.pixel_distances(train_pixels, memorized_pixels).min(1).values > near_duplicate
+    class_reference = LatentBank(f"train-not-{negate}", digits.encode(train_pixels[train_labels != negate]),
+                                 latent_space="digits", role="reference")
+    memo_reference = LatentBank("train-not-memorised", digits.encode(train_pixels[ordinary]),
+                                latent_space="digits", role="reference")
 
     results, grids, baseline = {}, {}, {}
     for name in methods:
         method = METHODS[name]
-        class_task = NegationTask(class_bank, negate, model, sampler)
-        memo_task = NegationTask(memorized, None, memorizer, sampler)
+        class_task = NegationTask(class_bank, negate, model, sampler, class_reference)
+        memo_task = NegationTask(memorized, None, memorizer, sampler, memo_reference)
         runs: dict = {}
 
         def run(key, task, labels, *, scale=cfg_scale, offset):

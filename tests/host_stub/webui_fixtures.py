@@ -37,10 +37,17 @@ def heldout_latents(digit: int, count: int | None = None) -> torch.Tensor:
     return latents.encode(pixels[:count] if count else pixels)
 
 
-def write_bank(folder: Path, name: str, *, digit: int = NEGATED_CLASS, space: str = "digits") -> Path:
-    bank = heldout_latents(digit)
+def ordinary_latents() -> torch.Tensor:
+    """Training digits of every class but the negated one: what a user's reference bank would hold."""
+    pixels, labels = data.subset("train")
+    return latents.encode(pixels[labels != NEGATED_CLASS])
+
+
+def write_bank(folder: Path, name: str, *, digit: int = NEGATED_CLASS, space: str = "digits",
+               bank: torch.Tensor | None = None, role: str = "negation") -> Path:
+    bank = heldout_latents(digit) if bank is None else bank
     meta = bankfile.new_metadata(title=name, count=bank.shape[0], shape=tuple(bank.shape[1:]),
-                                 space=bankfile.latent_space(space))
+                                 space=bankfile.latent_space(space), role=role)
     path = Path(folder) / f"{name}{bankfile.BANK_SUFFIX}"
     bankfile.save_bank(path, meta, bank.half())
     return path
