@@ -188,7 +188,8 @@ def parse_infotext(value: str) -> PastedSettings:
         strengths.append(float(strength))
         if short_hash != "-":
             hashes[name] = short_hash
-    window_start, window_end = parse_window(fields_.get("window", "0-0.25"))
+    defaults = GenerationArgs()
+    window_start, window_end = parse_window(fields_.get("window", f"{defaults.window_start:g}-{defaults.window_end:g}"))
     auto = lambda text, default: default if text in ("auto", "") else float(text)  # noqa: E731
     args = GenerationArgs(
         enabled=True, banks=tuple(banks), strengths=tuple(strengths), mode=fields_.get("mode", "default"),

@@ -38,7 +38,7 @@ def enforced_banks(webui, infotext: str) -> list[str]:
 def test_enforced_banks_apply_when_the_request_turns_the_extension_off(enforced_webui):
     result = enforced_webui.txt2img(alwayson_scripts=script_args(enabled=False))
     assert sorted(enforced_banks(enforced_webui, result.infotexts[0])) == sorted([SD1_BANK, SETTING_BANK])
-    assert result.report is not None and evaluated_steps(result.report) == [1]  # default window 0-0.25 of 3
+    assert result.report is not None and evaluated_steps(result.report) == [1, 2, 3]  # default window 0-1 of 3
 
 
 def test_request_settings_cannot_weaken_enforced_banks(enforced_webui):
@@ -47,7 +47,7 @@ def test_request_settings_cannot_weaken_enforced_banks(enforced_webui):
     result = enforced_webui.txt2img(alwayson_scripts=weak)
     args = extension.parse_infotext(
         enforced_webui.parse_infotext(result.infotexts[0])[extension.INFOTEXT_ENFORCED_KEY]).args
-    assert set(args.strengths) == {1.0} and (args.window_start, args.window_end) == (0.0, 0.25)
+    assert set(args.strengths) == {1.0} and (args.window_start, args.window_end) == (0.0, 1.0)
     assert args.mode == DEFAULT_MODE and args.threshold < 0
 
 
