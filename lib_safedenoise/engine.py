@@ -65,7 +65,7 @@ class SafeDenoiser:
     ``bandwidth``, ``window`` (fractions of the sampling steps, see ``schedule``), ``threshold``: override
     the mode's defaults (``None`` keeps them; see ``modes.Mode`` and each mode's documentation).
     ``reference``: a bank of ordinary images (role ``"reference"``) for modes that use one.
-    ``options``: the mode's further knobs (``MODES[name].options``), e.g. ``{"cap": 2.0}``.
+    ``options``: the mode's further knobs (``MODES[name].options``), e.g. ``{"gain": 2.0}``.
 
     Banks are adapted to each call's device, dtype and latent size with ``LatentBank.adapted`` (cached
     until ``release``). Errors are ``ValueError`` with a message naming what is wrong.

@@ -139,8 +139,12 @@ def format_number(value: float) -> str:
     return f"{value:g}"
 
 
-def format_infotext(args: GenerationArgs, banks: Sequence[LatentBank], mode_name: str) -> str:
+def format_infotext(args: GenerationArgs, banks: Sequence[LatentBank], mode_name: str,
+                    reference: LatentBank | None = None) -> str:
     """The "Safe Denoiser" value: banks with short hashes and strengths, concrete mode, engine, window...
+
+    A reference bank the mode contrasted against is recorded as ``reference=name@hash|...`` (it changes
+    the result); pasting does not restore it, since reference banks are a property of the server.
 
     e.g. ``banks=nsfw@1a2b3c4d5e6f*1|cats@0f0e0d0c0b0a*0.5; mode=paper; engine=0.1.0; window=0-0.25;
     bandwidth=auto; threshold=auto``. Fields are ``;``-separated ``name=value`` pairs so a future field is
@@ -156,7 +160,14 @@ def format_infotext(args: GenerationArgs, banks: Sequence[LatentBank], mode_name
         f"window={format_number(args.window_start)}-{format_number(args.window_end)}",
         f"bandwidth={auto(args.bandwidth)}",
         f"threshold={'auto' if args.threshold < 0 else format_number(args.threshold)}",
+        *([] if reference is None else [f"reference={reference_text(reference)}"]),
     ])
+
+
+def reference_text(reference: LatentBank) -> str:
+    """``name@hash`` of each bank a (possibly joined, see ``host.reference_bank``) reference bank holds."""
+    parts = reference.metadata.get("parts") or [(reference.name, reference.short_hash)]
+    return "|".join(f"{name}@{short_hash or '-'}" for name, short_hash in parts)
 
 
 @dataclass(frozen=True)
@@ -474,9 +485,11 @@ def infotext_values(session: GenerationSession) -> dict[str, Any]:
     """``extra_generation_params`` entries of a session (per-image "fired" is computed when each image's
     infotext is written, after its batch has been sampled)."""
     values: dict[str, Any] = {}
-    for spec, mode_name in zip(session.specs, session.mode_names()):
+    for index, spec in enumerate(session.specs):
+        engine = session.engine(index, FIRST_PASS)
         key = INFOTEXT_ENFORCED_KEY if spec.enforced else INFOTEXT_KEY
-        values[key] = format_infotext(spec.args, [n.bank for n in spec.negations], mode_name)
+        values[key] = format_infotext(spec.args, [n.bank for n in spec.negations], engine.mode_name,
+                                      getattr(engine, "reference", None))
     values[INFOTEXT_ERROR_KEY] = lambda **_: " / ".join(session.problems) or None  # grows while sampling
     if session.active:
         def fired(p, index=0, all_prompts=None, use_main_prompt=False, **_):

@@ -245,7 +245,8 @@ def reference_bank():
         return banks[0] if banks else None
     size = banks[0].size
     return LatentBank("+".join(bank.name for bank in banks), role="reference", latent_space=space,
-                      latents=torch.cat([resize_latents(bank.latents, size) for bank in banks]))
+                      latents=torch.cat([resize_latents(bank.latents, size) for bank in banks]),
+                      metadata={"parts": [(bank.name, bank.short_hash) for bank in banks]})
 
 
 def engine_factory() -> Callable[..., Any]:

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from lib_safedenoise import extension, host
+from lib_safedenoise import bankfile, extension, host
 from lib_safedenoise.extension import CFG_HOOKS, INFOTEXT_ERROR_KEY, INFOTEXT_FIRED_KEY, INFOTEXT_KEY
 from tests.host_stub import webui_fixtures as wf
 
@@ -61,11 +61,14 @@ def test_negated_class_share_drops_against_the_same_seeds_without_the_extension(
 def test_default_mode_removes_the_class_with_a_reference_bank_in_the_folder(webui):
     request = dict(prompt=str(NEGATED), seed=100, steps=12, cfg_scale=2.0, sampler_name="Euler", batch_size=16)
     alone = webui.txt2img(**request, safe_denoiser=wf.args(window_end=1.0))
-    wf.write_bank(webui.bank_dir, "ordinary-digits", bank=wf.ordinary_latents(), role="reference")
+    reference = wf.write_bank(webui.bank_dir, "ordinary-digits", bank=wf.ordinary_latents(), role="reference")
     contrasted = webui.txt2img(**request, safe_denoiser=wf.args(window_end=1.0))
     assert wf.class_share(contrasted, NEGATED) <= 0.2, (wf.class_share(alone, NEGATED),
                                                         wf.class_share(contrasted, NEGATED))
     assert wf.class_share(contrasted, NEGATED) < wf.class_share(alone, NEGATED)
+    reference_hash = bankfile.read_metadata(reference).short_hash
+    assert f"reference=ordinary-digits@{reference_hash}" in infotext_params(contrasted)[INFOTEXT_KEY]
+    assert "reference=" not in infotext_params(alone)[INFOTEXT_KEY]
 
 
 @pytest.mark.parametrize("sampler, steps, expected", [
