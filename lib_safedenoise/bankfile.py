@@ -49,6 +49,7 @@ import re
 import struct
 import tempfile
 import threading
+import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -689,9 +690,14 @@ _cache: dict[Path, tuple[tuple[int, int], LatentBank, BankMetadata]] = {}
 _cache_lock = threading.Lock()
 
 
-def _stamp(path: Path) -> tuple[int, int]:
+def _stamp(path: Path) -> tuple[int, int, int]:
+    """Identity of the file's current version: every atomic replace brings a new inode."""
     stat = path.stat()
-    return stat.st_mtime_ns, stat.st_size
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
+
+REREAD_SECONDS = 5.0
+"""How long a load keeps re-reading a bank that is being rewritten (each rewrite is atomic and quick)."""
 
 
 def invalidate(path: str | Path) -> None:
@@ -710,21 +716,29 @@ def load_bank(path: str | Path, *, name: str | None = None, space_id: str | None
     if not path.is_file():
         raise BankError(f"bank file not found: {path}")
     key = path.resolve()
-    for _ in range(5):  # a file replaced while being read is read again, so header and tensors agree
+    deadline = time.monotonic() + REREAD_SECONDS
+    while True:  # a file replaced while being read is read again, so header and tensors agree
         stamp = _stamp(key)
         with _cache_lock:
             cached = _cache.get(key)
         if cached is not None and cached[0] == stamp and cached[1].name == (name or path.stem):
             _, bank, meta = cached
             break
-        header = verify_hash(key) if verify else read_header(key)
-        bank, meta = _materialise(key, header, name or path.stem), header.meta
-        if _stamp(key) == stamp:
-            with _cache_lock:
-                _cache[key] = (stamp, bank, meta)
-            break
-    else:
-        raise BankError(f"bank {path.name} keeps changing while being read; try again")
+        try:
+            header = verify_hash(key) if verify else read_header(key)
+            bank, meta = _materialise(key, header, name or path.stem), header.meta
+        except (BankError, ValueError):
+            if _stamp(key) == stamp:  # the file itself is bad, not replaced halfway through the read
+                raise
+        else:
+            if _stamp(key) == stamp:
+                with _cache_lock:
+                    _cache[key] = (stamp, bank, meta)
+                break
+        if time.monotonic() > deadline:
+            raise BankError(f"bank {path.name} kept changing while being read for {REREAD_SECONDS:g} s; "
+                            "try again")
+        time.sleep(0.01)
     if space_id is not None:
         check_compatibility(meta, space_id, name=bank.name)
     return bank
