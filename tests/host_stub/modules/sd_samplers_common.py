@@ -71,6 +71,18 @@ class Sampler:
         except InterruptedException:
             return self.last_latent
 
+    def start(self, p, x, steps, conditioning, unconditional_conditioning, run, *, init_latent=None):
+        """What every ``sample``/``sample_img2img`` of the real samplers does around its sampler call: bind
+        ``p``, keep the latent to return on interruption (img2img: the init latent), build the CFG
+        denoiser's extra args, then ``launch_sampling`` of ``run(x)``."""
+        self.initialize(p)
+        if init_latent is not None:
+            self.model_wrap_cfg.init_latent = init_latent
+        self.last_latent = x if init_latent is None else init_latent
+        self.sampler_extra_args = {"cond": conditioning, "uncond": unconditional_conditioning,
+                                   "cond_scale": p.cfg_scale, "s_min_uncond": self.s_min_uncond}
+        return self.launch_sampling(steps, lambda: run(x))
+
     def initialize(self, p) -> dict:
         self.p = p
         self.model_wrap_cfg.p = p

@@ -63,27 +63,18 @@ class KDiffusionSampler(sd_samplers_common.Sampler):
         steps, t_enc = sd_samplers_common.setup_img2img_steps(p, steps)
         sigmas = self.get_sigmas(p, steps)
         sigma_sched = sigmas[steps - t_enc - 1:]
-        xi = x + noise * sigma_sched[0]
-        self.initialize(p)
-        self.model_wrap_cfg.init_latent = x
-        self.last_latent = x
-        self.sampler_extra_args = {"cond": conditioning, "uncond": unconditional_conditioning,
-                                   "cond_scale": p.cfg_scale, "s_min_uncond": self.s_min_uncond}
-        return self.launch_sampling(t_enc + 1, lambda: self.func(
-            self.model_wrap_cfg, xi, sigma_sched, extra_args=self.sampler_extra_args, disable=True,
-            callback=self.callback_state))
+        return self.start(p, x + noise * sigma_sched[0], t_enc + 1, conditioning, unconditional_conditioning,
+                          lambda xi: self.run_sigmas(xi, sigma_sched), init_latent=x)
 
     def sample(self, p, x, conditioning, unconditional_conditioning, steps=None, image_conditioning=None):
         steps = steps or p.steps
         sigmas = self.get_sigmas(p, steps)
-        x = x * sigmas[0]
-        self.initialize(p)
-        self.last_latent = x
-        self.sampler_extra_args = {"cond": conditioning, "uncond": unconditional_conditioning,
-                                   "cond_scale": p.cfg_scale, "s_min_uncond": self.s_min_uncond}
-        return self.launch_sampling(steps, lambda: self.func(
-            self.model_wrap_cfg, x, sigmas, extra_args=self.sampler_extra_args, disable=True,
-            callback=self.callback_state))
+        return self.start(p, x * sigmas[0], steps, conditioning, unconditional_conditioning,
+                          lambda xi: self.run_sigmas(xi, sigmas))
+
+    def run_sigmas(self, x, sigmas):
+        return self.func(self.model_wrap_cfg, x, sigmas, extra_args=self.sampler_extra_args, disable=True,
+                         callback=self.callback_state)
 
 
 samplers_data_k_diffusion = [

@@ -70,24 +70,18 @@ class CompVisSampler(sd_samplers_common.Sampler):
         timesteps = self.get_timesteps(p, steps)
         alphas_cumprod = shared.sd_model.alphas_cumprod
         xi = x * alphas_cumprod[timesteps[t_enc]].sqrt() + noise * (1 - alphas_cumprod[timesteps[t_enc]]).sqrt()
-        self.initialize(p)
-        self.model_wrap_cfg.init_latent = x
-        self.last_latent = x
-        self.sampler_extra_args = {"cond": conditioning, "uncond": unconditional_conditioning,
-                                   "cond_scale": p.cfg_scale, "s_min_uncond": self.s_min_uncond}
-        return self.launch_sampling(t_enc + 1, lambda: self.func(
-            self.model_wrap_cfg, xi, timesteps[:t_enc], extra_args=self.sampler_extra_args,
-            callback=self.callback_state))
+        return self.start(p, xi, t_enc + 1, conditioning, unconditional_conditioning,
+                          lambda start: self.run_timesteps(start, timesteps[:t_enc]), init_latent=x)
 
     def sample(self, p, x, conditioning, unconditional_conditioning, steps=None, image_conditioning=None):
         steps = steps or p.steps
         timesteps = self.get_timesteps(p, steps)
-        self.initialize(p)
-        self.last_latent = x
-        self.sampler_extra_args = {"cond": conditioning, "uncond": unconditional_conditioning,
-                                   "cond_scale": p.cfg_scale, "s_min_uncond": self.s_min_uncond}
-        return self.launch_sampling(steps, lambda: self.func(
-            self.model_wrap_cfg, x, timesteps, extra_args=self.sampler_extra_args, callback=self.callback_state))
+        return self.start(p, x, steps, conditioning, unconditional_conditioning,
+                          lambda start: self.run_timesteps(start, timesteps))
+
+    def run_timesteps(self, x, timesteps):
+        return self.func(self.model_wrap_cfg, x, timesteps, extra_args=self.sampler_extra_args,
+                         callback=self.callback_state)
 
 
 samplers_data_timesteps = [
