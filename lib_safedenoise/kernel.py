@@ -1,12 +1,21 @@
-"""Gaussian-kernel estimators over a latent bank, exact and streaming.
+"""Gaussian-kernel estimators over a latent bank, exact and chunked.
 
-Every quantity the modes need comes from one pass over the bank, in the style of flash attention: the
-bank is read in chunks of rows; per chunk we form the query-to-item distances with one matrix product,
-fold them into a running log-sum-exp, and add the rescaled weighted items to a running sum with a second
-product while the chunk is still in cache (on CPU only over the items whose weight is not negligible,
-see ``NEGLIGIBLE_LOG_WEIGHT``). The items' squared norms are computed once per bank tensor. Nothing of size ``B x M x D`` ever exists, the bank is read
-from memory once, and the log-sum-exp stays exact when squared distances reach 10^5 or more (SD latents
-have D = 16,384 to 262,144 values, where a plain ``exp`` underflows to 0 for every item).
+Every quantity the modes need comes from two sweeps over the bank in chunks of rows, never a
+``B x M x D`` tensor. The first forms all query-to-item distances with one matrix product per chunk (the
+items' squared norms are computed once per bank tensor); the log-sum-exp over the ``B x M`` scores is then
+exact, with one shift by the true maximum, even when squared distances reach 10^5 or more (SD latents have
+D = 16,384 to 262,144 values, where a plain ``exp`` underflows to 0 for every item). The second sweep forms
+the weighted sum of the items. In high dimension the kernel is so peaked that only a few items carry any
+weight: on CPU the second sweep then reads just those (``NEGLIGIBLE_LOG_WEIGHT``), and the whole estimate
+costs about one read of the bank. A flat kernel (the released code's unsquared distance with its wide fixed
+bandwidth) needs both sweeps in full: two reads.
+
+Why not one fused flash-attention-style sweep (running log-sum-exp, the weighted sum while the chunk is in
+cache)? Measured on a 2-core Xeon with 1 thread: for batch 1 the two sweeps are faster (1.6-1.9x the time
+of one read against 1.9-2.3x), because a fused sweep pays a rescale of the ``B x D`` accumulator and a dozen
+small operations per chunk; for batch 4 neither reaches 2x (the library's matrix products with 4 rows run
+at 1.1-1.5x the time of a plain read each, and a fused sweep with cache-resident chunks pays the per-chunk
+overhead instead). ``python -m lib_safedenoise.bench speed`` prints the ratios.
 
 Banks may be float16/bfloat16; each chunk is widened to float32 before use, so all accumulation is
 float32. Squared distances use ``|q|^2 + |x_n|^2 - 2 q.x_n`` (clamped at 0), as ``torch.cdist`` does for
@@ -25,23 +34,26 @@ import torch
 from .latent_bank import LatentBank
 
 CHUNK_BYTES = 16 << 20
-"""Float32 bytes of bank rows per chunk: large enough to amortise the per-chunk work, small enough that
-the second product finds the chunk in the last-level cache (measured best of 1-32 MB on a 2-core Xeon)."""
+"""Float32 bytes of bank rows per chunk (a float16 bank's chunk is widened to this): large enough that the
+per-chunk calls cost nothing, small enough that the widened copy stays in cache (measured best of
+1-64 MB on a 2-core Xeon, within noise of 64 MB)."""
 
 MIN_CHUNK_ROWS = 8
-"""Lower bound on rows per chunk, so the per-chunk rescale of the ``B x D`` accumulator stays cheap."""
+"""Lower bound on rows per chunk, so the largest latents (1 MB per item) still make one product per 8 items."""
 
 NEGLIGIBLE_LOG_WEIGHT = 40.0
-"""Items whose weight is below ``exp(-40)`` of the running maximum (so also of the final one) change the
-weighted sum by less than ``M * 4e-18`` relative: far below float32 resolution. On CPU, where the second
-read of a chunk costs as much as the first, the weighted sum skips them; in high dimension the kernel is
-so peaked that usually only a few items per chunk remain, and the pass costs about one read of the bank.
-(On GPUs the selection would need a device sync per chunk, so every item is summed.)"""
+"""Items whose weight is below ``exp(-40)`` of the largest change the weighted sum by less than
+``M * 4e-18`` relative: far below float32 resolution, so on CPU the weighted sum skips them."""
+
+SPARSE_SHARE = 4
+"""The weighted sum gathers the items that matter when they are at most ``1 / SPARSE_SHARE`` of the bank
+(a gathered row costs about three reads: copy out, copy in, product); otherwise it sweeps every chunk. On
+GPUs the selection would need a device sync, so they always sweep."""
 
 
 @dataclass
 class KernelPass:
-    """What one streaming pass over a bank yields, per query image (all float32).
+    """What one kernel pass over a bank yields, per query image (all float32).
 
     ``mean``: ``[B, D]`` kernel-weighted mean of the items, ``sum_n w_n x_n / sum_n w_n``.
     ``log_weight_sum``: ``[B]``, ``log sum_n w_n`` with ``w_n = exp(-dist_n / (2 h^2))``.
@@ -98,7 +110,8 @@ def check_compatible(x: torch.Tensor, bank: torch.Tensor) -> None:
 
 def kernel_pass(x: torch.Tensor, bandwidth, bank: torch.Tensor, *, squared: bool = True,
                 chunk_rows: int | None = None) -> KernelPass:
-    """One fused streaming pass of the Gaussian kernel ``w_n = exp(-dist_n / (2 h^2))`` over ``bank``.
+    """The Gaussian kernel ``w_n = exp(-dist_n / (2 h^2))`` of every query against ``bank``, in two chunked
+    sweeps (see the module docstring).
 
     ``x [B, C, H, W]`` are the queries (any float dtype), ``bandwidth`` ``h`` is a float or ``[B]``,
     ``bank [M, C, H, W]`` any float dtype. ``dist_n`` is the squared Euclidean distance, or with
@@ -108,33 +121,25 @@ def kernel_pass(x: torch.Tensor, bandwidth, bank: torch.Tensor, *, squared: bool
     batch, count = x.shape[0], bank.shape[0]
     queries = x.reshape(batch, -1).float()
     items = bank.reshape(count, -1)
-    width = queries.shape[1]
-    inv_two_h2 = 0.5 / per_image(bandwidth, batch, x.device).square()
-    query_sq = queries.square().sum(1, keepdim=True)
-    norms = item_sq_norms(bank)
-    rows = chunk_rows or max(MIN_CHUNK_ROWS, CHUNK_BYTES // (4 * width))
-    skip_negligible = x.device.type == "cpu"
-
-    run_max = torch.full((batch,), -math.inf, device=x.device)
-    run_sum = torch.zeros(batch, device=x.device)
-    weighted = torch.zeros(batch, width, device=x.device)
-    min_sq = torch.full((batch,), math.inf, device=x.device)
-    for start in range(0, count, rows):
-        chunk = items[start:start + rows].float()
-        sq = torch.addmm(query_sq + norms[start:start + rows], queries, chunk.T, alpha=-2).clamp_(min=0)
-        min_sq = torch.minimum(min_sq, sq.amin(1))
-        score = -(sq if squared else sq.sqrt()) * inv_two_h2[:, None]
-        new_max = torch.maximum(run_max, score.amax(1))
-        rescale = torch.exp(run_max - new_max)
-        weights = torch.exp(score - new_max[:, None])
-        run_sum = run_sum * rescale + weights.sum(1)
-        if skip_negligible:
-            kept = (score > new_max[:, None] - NEGLIGIBLE_LOG_WEIGHT).any(0).nonzero().squeeze(1)
-            if kept.numel() < chunk.shape[0]:
-                weights, chunk = weights[:, kept], chunk.index_select(0, kept)
-        weighted = torch.addmm(weighted * rescale[:, None], weights, chunk)
-        run_max = new_max
-    return KernelPass(weighted / run_sum[:, None], run_max + run_sum.log(), min_sq)
+    rows = chunk_rows or max(MIN_CHUNK_ROWS, CHUNK_BYTES // (4 * queries.shape[1]))
+    starts = range(0, count, rows)
+    products = [torch.addmm(norms, queries, items[start:start + rows].float().T, alpha=-2)
+                for start, norms in zip(starts, item_sq_norms(bank).split(rows))]
+    sq = torch.cat(products, 1).add_(queries.square().sum(1, keepdim=True)).clamp_(min=0)
+    score = (sq if squared else sq.sqrt()) * (-0.5 / per_image(bandwidth, batch, x.device).square())[:, None]
+    top = score.amax(1)
+    weights = torch.exp(score - top[:, None])
+    total = weights.sum(1)
+    kept = None
+    if x.device.type == "cpu":  # on a GPU the selection would cost a device sync
+        kept = (score > top[:, None] - NEGLIGIBLE_LOG_WEIGHT).any(0).nonzero().squeeze(1)
+    if kept is not None and kept.numel() * SPARSE_SHARE <= count:
+        weighted = weights[:, kept] @ items.index_select(0, kept).float()
+    else:
+        weighted = torch.zeros_like(queries)
+        for start in starts:
+            weighted.addmm_(weights[:, start:start + rows], items[start:start + rows].float())
+    return KernelPass(weighted / total[:, None], top + total.log(), sq.amin(1))
 
 
 def bank_tensor(bank, like: torch.Tensor) -> torch.Tensor:
