@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
@@ -320,6 +321,7 @@ class GenerationSession:
         self._engine_factory = engine_factory
         self._engines: dict[tuple[int, str], Any] = {}
         self.records: dict[int, list[StepRecord]] = {}
+        self.predictions: dict[str, str] = {}  # pass -> what the WebUI handed over: "x0" or "eps"
 
     @property
     def active(self) -> bool:
@@ -353,6 +355,7 @@ class GenerationSession:
         ``step`` is the 0-based sampler step of ``steps`` run in this pass.
         """
         engines = [self.engine(spec_index, pass_name) for spec_index in range(len(self.specs))]
+        self.predictions[pass_name] = "x0" if eps_alphas is None else "eps"
         for engine in engines:
             if eps_alphas is None:
                 denoised = engine.correct_x0(denoised, x, sigma, step, steps, image_ids=image_ids)
@@ -391,6 +394,7 @@ class GenerationSession:
                            for n in spec.negations]}
                 for spec, mode_name in zip(self.specs, self.mode_names())],
             "problems": list(self.problems),
+            "prediction": dict(self.predictions),
             "images": {
                 str(image_id): {
                     "fired": self.fired_text(image_id),
@@ -593,13 +597,27 @@ class CfgHooks:
         first_image = getattr(p, "iteration", 0) * p.batch_size
         step, steps = sampler_step(denoiser)
         try:
-            params.x = session.correct(
-                denoised, x, sigma, eps_alphas=host.eps_alphas_cumprod(denoiser), step=step, steps=steps,
-                pass_name=HIRES_PASS if getattr(p, "is_hr_pass", False) else FIRST_PASS,
-                image_ids=list(range(first_image, first_image + images)))
+            with outside_inference_mode():
+                params.x = session.correct(
+                    denoised, x, sigma, eps_alphas=host.eps_alphas_cumprod(denoiser), step=step, steps=steps,
+                    pass_name=HIRES_PASS if getattr(p, "is_hr_pass", False) else FIRST_PASS,
+                    image_ids=list(range(first_image, first_image + images)))
         except ValueError as error:  # the engine's clear message (e.g. channel counts differ): stop, once
             session.stop(str(error))
             host.log_problem(f"correction stopped for the rest of this generation: {error}")
+
+
+@contextmanager
+def outside_inference_mode():
+    """Run a correction as ordinary no-grad code even where the WebUI samples under ``torch.inference_mode``.
+
+    Forge and reForge do (modules/processing.py ``process_images_inner``); tensors made there are inference
+    tensors, which have no version counter (the kernel's derived-value cache keys on it) and refuse in-place
+    updates once outside that mode (the bank's device copies outlive one model call). Inference tensors may
+    still be read here; A1111 samples under ``no_grad`` and is unaffected.
+    """
+    with torch.inference_mode(False), torch.no_grad():
+        yield
 
 
 def sampler_step(denoiser) -> tuple[int, int]:
@@ -683,8 +701,9 @@ class ApiOnlyValue(dict):
         return None
 
 
-def protect_enforcement(*_) -> None:
+def protect_enforcement(_demo, app) -> None:
     """``on_app_started``: on an enforced server, API clients may not change the protected options."""
+    host.honour_restricted_options_on_api(app)
     if host.enforced_bank_names():
         host.protect_options_from_api(API_PROTECTED_OPTIONS)
 _last_report: dict = {}

@@ -79,6 +79,36 @@ def protect_options_from_api(keys: Sequence[str]) -> None:
             info.restrict_api = True
 
 
+def honour_restricted_options_on_api(app) -> None:
+    """Forge: make ``POST /sdapi/v1/options`` leave ``restrict_api`` options alone, as A1111's does.
+
+    A1111 and reForge apply the request with ``opts.set(k, v, is_api=True)`` (modules/api/api.py
+    ``set_config``); Forge hands it to ``modules.sysinfo.set_config`` with the default ``is_api=False``, which
+    skips that check. The route is replaced by one that drops the restricted keys, then calls Forge's handler.
+    """
+    if host_kind() != FORGE:
+        return
+    from fastapi.routing import APIRoute
+
+    for index, route in enumerate(app.router.routes):
+        if (isinstance(route, APIRoute) and route.path == "/sdapi/v1/options" and "POST" in route.methods
+                and not hasattr(route.endpoint, "unrestricted_endpoint")):
+            app.router.routes[index] = APIRoute(route.path, _options_setter(route.endpoint), methods=["POST"],
+                                                dependencies=route.dependencies)
+
+
+def _options_setter(unrestricted: Callable[[dict], Any]) -> Callable[[dict], Any]:
+    def set_options(req: dict[str, Any]):
+        from modules import shared
+
+        labels = shared.opts.data_labels
+        return unrestricted({key: value for key, value in req.items()
+                             if not getattr(labels.get(key), "restrict_api", False)})
+
+    set_options.unrestricted_endpoint = unrestricted
+    return set_options
+
+
 def hide_live_previews(p) -> None:
     """Turn live previews off for this generation only (they show x0 before our correction).
 
@@ -157,7 +187,14 @@ def eps_alphas_cumprod(denoiser):
 
 
 def register_cfg_callbacks(on_cfg_denoiser: Callable, on_cfg_after_cfg: Callable) -> None:
-    """Register both callbacks exactly once (any earlier registration of the same functions is dropped)."""
+    """Register both callbacks exactly once (any earlier registration of the same functions is dropped).
+
+    Forge and reForge get these callbacks too, not the UNet patcher's post-CFG hook
+    (``set_model_sampler_post_cfg_function``): that hook sees the same x0, x and sigma per image, but it also
+    runs for the extra model calls other code makes with the same model options (ControlNet's reference
+    preprocessor records a pass over the reference latent each step), it has no ``denoiser`` to count steps
+    and find the generation, and it lives on a patcher Forge rebuilds before every sampling pass.
+    """
     from modules import script_callbacks
 
     remove_cfg_callbacks(on_cfg_denoiser, on_cfg_after_cfg)

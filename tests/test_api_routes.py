@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import secrets
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi import Depends, FastAPI, HTTPException
@@ -207,3 +208,38 @@ def test_settings_and_tab_registration(tmp_path, stub_callbacks):
     assert labels[extension.SETTING_DEFAULT_BANKS].component_args()["choices"] == []
     (tab, title, elem_id), = stub_callbacks.callback_map["callbacks_ui_tabs"][0].callback()
     assert (title, elem_id) == ("Safe Denoiser", "safe_denoiser_tab") and tab.blocks
+
+
+def forge_webui_app() -> FastAPI:
+    """Forge's options route: ``Api.set_config`` hands the request to ``modules.sysinfo.set_config``, which
+    applies each key with ``opts.set(k, v, is_api=False)`` (stable-diffusion-webui-forge dfdcbab6,
+    modules/api/api.py and modules/sysinfo.py), so ``restrict_api`` is not checked there."""
+    app = webui_app()
+
+    def set_config(req: dict[str, Any]):
+        from modules import shared
+
+        for key, value in req.items():
+            shared.opts.set(key, value, is_api=False)
+
+    app.add_api_route("/sdapi/v1/options", set_config, methods=["POST"])
+    return app
+
+
+def test_forge_options_route_leaves_enforcement_alone(tmp_path):
+    from tests.host_stub import webui_fixtures as wf
+
+    app = forge_webui_app()
+    webui = wf.start(tmp_path, forge=True, enforce=wf.BANK, app=app)
+    try:
+        opts = webui.shared.opts
+        opts.data[extension.SETTING_ENFORCED_BANKS] = [wf.BANK]
+        response = TestClient(app).post("/sdapi/v1/options", json={
+            extension.SETTING_ENFORCED_BANKS: [], "disabled_extensions": ["sd-webui-safe-denoiser"],
+            "live_previews_enable": False})
+        assert response.status_code == 200
+        assert opts.data[extension.SETTING_ENFORCED_BANKS] == [wf.BANK]
+        assert opts.data["disabled_extensions"] == []
+        assert opts.data["live_previews_enable"] is False  # options that are not restricted still change
+    finally:
+        wf.start(tmp_path / "a1111")

@@ -81,6 +81,7 @@ def test_window_is_evaluated_at_its_steps_for_each_sampler_kind(webui, sampler, 
     response = webui.txt2img(prompt=str(NEGATED), seed=3, steps=steps, sampler_name=sampler, cfg_scale=2.0,
                              safe_denoiser=wf.args(window_end=0.5))
     assert window_steps(response) == expected, report_of(response)
+    assert report_of(response)["prediction"] == {"first": "eps" if sampler == "DDIM" else "x0"}
     fired = fired_steps(response)
     assert fired and set(fired) <= set(expected)
     assert infotext_params(response)[INFOTEXT_FIRED_KEY] == extension.format_steps(fired)
@@ -237,12 +238,14 @@ def test_infotext_round_trip_restores_the_accordion_and_reproduces_the_image(web
 
 @pytest.mark.parametrize("sampler", ["Euler", "DDIM"])
 def test_forge_layout(tmp_path, sampler):
+    """Forge: un-batched x, no on_cfg_denoised, x0 for every sampler, sampling under inference_mode."""
     forge = wf.start(tmp_path, forge=True)
     assert host.host_kind() == host.FORGE
     try:
         request = dict(prompt=str(NEGATED), seed=18, steps=6, cfg_scale=2.0, sampler_name=sampler)
         response = forge.txt2img(**request, safe_denoiser=wf.args(window_end=0.5))
         assert window_steps(response) == [1, 2, 3] and fired_steps(response)
+        assert report_of(response)["prediction"] == {"first": "x0"}  # DDIM included
         off = forge.txt2img(**request)
         assert not torch.equal(response["p"].latents[0], off["p"].latents[0])
     finally:

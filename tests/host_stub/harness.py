@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fastapi import FastAPI
+
 from tests import host_stub
 
 REPO = Path(__file__).resolve().parents[2]
@@ -13,7 +15,8 @@ XYZ_SCRIPT = Path(__file__).resolve().parent / "scripts" / "xyz_grid.py"  # the 
 
 
 class StubWebUI:
-    def __init__(self, sd_model, bank_dir: Path, *, forge: bool = False, enforce: str | None = None):
+    def __init__(self, sd_model, bank_dir: Path, *, forge: bool = False, enforce: str | None = None, app=None):
+        """``app``: the WebUI's FastAPI app handed to ``on_app_started`` (default: one without routes)."""
         host_stub.configure(forge=forge)
         from lib_safedenoise import extension
         from modules import errors, options, scripts, shared
@@ -37,7 +40,7 @@ class StubWebUI:
         from modules import script_callbacks
 
         script_callbacks.before_ui_callback()
-        script_callbacks.app_started_callback(None, None)
+        script_callbacks.app_started_callback(None, app if app is not None else FastAPI())
         self.shared, self.scripts, self.errors = shared, scripts, errors
 
     def txt2img(self, *, safe_denoiser: list | None = None, **request) -> dict:

@@ -53,11 +53,11 @@ def write_bank(folder: Path, name: str, *, digit: int = NEGATED_CLASS, space: st
     return path
 
 
-def start(tmp_path: Path, *, forge: bool = False, enforce: str | None = None) -> StubWebUI:
+def start(tmp_path: Path, *, forge: bool = False, enforce: str | None = None, app=None) -> StubWebUI:
     bank_dir = Path(tmp_path) / "banks"
     bank_dir.mkdir(parents=True, exist_ok=True)
     write_bank(bank_dir, BANK)
-    webui = StubWebUI(load_sd_model(), bank_dir, forge=forge, enforce=enforce)
+    webui = StubWebUI(load_sd_model(), bank_dir, forge=forge, enforce=enforce, app=app)
     webui.bank_dir = bank_dir
     return webui
 

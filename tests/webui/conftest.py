@@ -60,8 +60,9 @@ class WebUIPool:
             config_file.write_text(json.dumps(settings))
         else:
             config_file.unlink(missing_ok=True)
-        self.server, self._key = WebUIServer(self.config, self.data_dir, extra_args), key
-        self.server.start()
+        server = WebUIServer(self.config, self.data_dir, extra_args)
+        server.start()  # stops what it started if it fails
+        self.server, self._key = server, key
         if not self.fresh_references and not extra_args and not settings:
             self.fresh_references = {name: self.server.txt2img(**request)
                                      for name, request in REFERENCE_REQUESTS.items()}

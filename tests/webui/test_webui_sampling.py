@@ -5,15 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from webui_server import SD1_BANK, expected_fired_steps, script_args
+from webui_server import A1111, FORGE, SD1_BANK, expected_fired_steps, script_args
 
 pytestmark = pytest.mark.webui
 
 WINDOW = (0.0, 0.5)  # of 3 steps: steps 1 and 2 (progress 0 and 0.5)
 
 # k-diffusion first order, k-diffusion second order (two model calls per step), and the timestep samplers
-# A1111 runs on eps (CFGDenoiserTimesteps): DDIM and UniPC.
+# DDIM and UniPC: A1111 hands their CFG callbacks eps (CFGDenoiserTimesteps), Forge turns the timestep into a
+# sigma first and hands them x0 like every other sampler (CFGDenoiser.forward, classic_ddim_eps_estimation).
 SAMPLERS = ["Euler a", "Heun", "DDIM", "UniPC"]
+TIMESTEP_SAMPLERS = {"DDIM", "UniPC"}
 
 
 # Mean absolute pixel change (of 255 levels) a correction must at least make. Generations are deterministic
@@ -46,6 +48,8 @@ def test_correction_fires_in_the_configured_window_and_changes_the_image(webui, 
         banks=[SD1_BANK], window_start=WINDOW[0], window_end=WINDOW[1]))
     report = result.report
     assert report is not None and report["problems"] == [], result.info
+    eps_path = webui_config.kind == A1111 and sampler in TIMESTEP_SAMPLERS
+    assert report["prediction"] == {"first": "eps" if eps_path else "x0"}
     assert steps_run(report, "0") == [1, 2, 3]
     assert fired_steps(report, "0") == expected_fired_steps(3, WINDOW) == [1, 2]
     assert report["images"]["0"]["fired"] == "1-2"
@@ -62,9 +66,11 @@ def test_off_and_zero_strength_are_bit_identical(webui, webui_pool, needs_checkp
     np.testing.assert_array_equal(off.images[0], plain)
 
 
-def test_hires_fix_corrects_both_passes(webui):
+def test_hires_fix_corrects_both_passes(webui, webui_config):
     hires = {"enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Latent", "hr_second_pass_steps": 2,
              "denoising_strength": 0.5}
+    if webui_config.kind == FORGE:  # its hires pass reads this list, which the API leaves None (processing.py)
+        hires["hr_additional_modules"] = ["Use same choices"]
     result = webui.txt2img(**hires, alwayson_scripts=script_args(banks=[SD1_BANK], window_end=WINDOW[1]))
     report = result.report
     assert report is not None and report["problems"] == [], result.info

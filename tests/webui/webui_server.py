@@ -149,30 +149,39 @@ class WebUIServer:
             env.pop(name, None)
         return env
 
+    def host_flags(self) -> list[str]:
+        """The device flags; Forge's backend (backend/args.py, read on import) needs ``--always-cpu`` in any
+        process that imports ``modules.shared``, or it looks for a CUDA device."""
+        if self.config.kind == FORGE:
+            return ["--always-cpu", "--skip-python-version-check"]
+        return ["--test-server", "--no-half", "--disable-opt-split-attention", "--use-cpu", "all"]
+
     def command(self) -> list[str]:
         common = ["launch.py", "--skip-prepare-environment", "--skip-torch-cuda-test", "--skip-version-check",
                   "--do-not-download-clip", "--no-download-sd-model", "--api", "--api-server-stop",
                   "--port", str(self.port), "--data-dir", str(self.data_dir)]
         # No --server-name: gradio binds 127.0.0.1 by default, and any --server-name makes the WebUI treat the
         # server as reachable from other machines (cmd_opts.disable_extension_access), which the bank API obeys.
-        if self.config.kind == FORGE:
-            host = ["--always-cpu", "--skip-python-version-check"]
-        else:
-            host = ["--test-server", "--no-half", "--disable-opt-split-attention", "--use-cpu", "all"]
         ckpt = ["--ckpt", str(self.config.ckpt)] if self.config.ckpt is not None else []
-        return [str(self.config.python), *common, *host, *ckpt, *self.config.extra_args, *self.extra_args]
+        # Forge's gradio 4 serves ``file=`` paths only from its allowed paths, by default just the data dir
+        # (modules/cmd_args.py --gradio-allowed-path): its own script.js and javascript/ sit in the root.
+        served = ["--gradio-allowed-path", str(self.config.root)] if self.config.kind == FORGE else []
+        return [str(self.config.python), *common, *self.host_flags(), *served, *ckpt, *self.config.extra_args,
+                *self.extra_args]
 
     # ------------------------------------------------------------------ life cycle
 
     def start(self) -> None:
         self._root_entries_before = set(os.listdir(self.config.root))
         self.extension_link.parent.mkdir(parents=True, exist_ok=True)
+        if self.extension_link.is_symlink():  # left by an interrupted run; the data dir is the suite's own
+            self.extension_link.unlink()
         self.extension_link.symlink_to(REPO_ROOT, target_is_directory=True)
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(self.command(), cwd=self.config.root, env=self.environment(),
-                                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            start_new_session=True)
         try:
+            with open(self.log_path, "wb") as log:
+                self.process = subprocess.Popen(self.command(), cwd=self.config.root, env=self.environment(),
+                                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                                start_new_session=True)
             self._wait_until_ready()
         except BaseException:
             self.stop()
@@ -217,8 +226,11 @@ class WebUIServer:
                     self._wait_exit(10)
         finally:
             if self._parser is not None:
-                self._parser.stdin.close()
-                self._parser.wait(timeout=30)
+                try:
+                    self._parser.stdin.close()
+                    self._parser.wait(timeout=30)
+                except (OSError, subprocess.TimeoutExpired):  # it died (its log says why) or hangs
+                    self._parser.kill()
             self.client.close()
             if self.extension_link.is_symlink():
                 self.extension_link.unlink()
@@ -270,9 +282,11 @@ class WebUIServer:
         interpreter (one helper process per server, started on first use)."""
         if self._parser is None:
             self._parser = subprocess.Popen(
-                [str(self.config.python), "-c", PARSER_LOOP, str(self.data_dir)], cwd=self.config.root,
+                [str(self.config.python), "-c", PARSER_LOOP, "--data-dir", str(self.data_dir), *self.host_flags()],
+                cwd=self.config.root,
                 env=dict(self.environment(), PYTHONDONTWRITEBYTECODE="1"), stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE, stderr=open(self.data_dir / "infotext-parser.log", "wb"), text=True)
+            self._parser.stdin.write(json.dumps(self.get("/sdapi/v1/options")) + "\n")
         self._parser.stdin.write(json.dumps(infotext) + "\n")
         self._parser.stdin.flush()
         line = self._parser.stdout.readline()
@@ -282,18 +296,19 @@ class WebUIServer:
         return json.loads(line[len("PARSED="):])
 
 
-# Reads one JSON string per line, answers ``PARSED=<json>`` on its own copy of stdout (anything the WebUI prints
-# goes to stderr); options are initialised as the server's are (``shared_init.initialize`` with the same data
-# dir), since the parser reads some of them.
+# Reads the server's options (``GET /sdapi/v1/options``) from the first line, then one JSON string per line, and
+# answers ``PARSED=<json>`` on its own copy of stdout (anything the WebUI prints goes to stderr). Options are
+# initialised as the server's are (``shared_init.initialize`` with the same data dir and device flags, then the
+# server's values), since the parser reads some of them (Forge: ``sd_model_checkpoint``).
 PARSER_LOOP = """
 import json, os, sys
 answers = os.fdopen(os.dup(1), 'w')
 os.dup2(2, 1)
 sys.path.insert(0, '.')
-data_dir = sys.argv[1]
-sys.argv = ['webui-suite-parser', '--data-dir', data_dir]
-from modules import shared_init
+sys.argv = ['webui-suite-parser', *sys.argv[1:]]
+from modules import shared, shared_init
 shared_init.initialize()
+shared.opts.data.update(json.loads(sys.stdin.readline()))
 from modules.infotext_utils import parse_generation_parameters
 for line in sys.stdin:
     print('PARSED=' + json.dumps(parse_generation_parameters(json.loads(line)), default=str), file=answers, flush=True)

@@ -3,7 +3,8 @@
 before ``p.init``, per batch: before_process_batch, process_batch, setup_conds, sample, decode,
 postprocess_batch, one infotext per image built with the *batch's* prompts and a batch-local index,
 then ``Processed`` and scripts.postprocess once; an exception skips postprocess). Txt2img's hires fix
-runs a second sampler over the upscaled latent with ``is_hr_pass`` set and ``before_hr`` called first."""
+runs a second sampler over the upscaled latent with ``is_hr_pass`` set and ``before_hr`` called first.
+Forge (dfdcbab6, same file) samples under ``torch.inference_mode()`` where A1111 uses ``torch.no_grad()``."""
 
 from __future__ import annotations
 
@@ -204,7 +205,7 @@ def process_images_inner(p):
         p.scripts.process(p)
 
     infotexts, output_images = [], []
-    with torch.no_grad():
+    with torch.inference_mode() if shared.forge else torch.no_grad():
         p.init(p.all_prompts, p.all_seeds, p.all_seeds)
         if state.job_count == -1:
             state.job_count = p.n_iter
