@@ -17,7 +17,7 @@ from . import ENGINE_VERSION
 from .kernel import derived, per_image
 from .latent_bank import LatentBank
 from .modes import MODES, BankEffect, Step, resolve_mode
-from .schedule import in_window, validate_window
+from .schedule import in_window, step_progress, validate_window
 
 
 @dataclass
@@ -99,6 +99,7 @@ class SafeDenoiser:
                                  f"which mode {self.mode_name!r} cannot use")
         self.reference = reference
         self.report = CorrectionReport(self.mode_name, self.describe())
+        self._memories = [{} for _ in self.negations]  # per negation bank, for modes that remember
 
     def describe(self) -> dict:
         """The concrete mode, engine version and resolved settings (for infotext and reports)."""
@@ -143,9 +144,12 @@ class SafeDenoiser:
         extra = {}
         if self.reference is not None:
             extra["reference"] = self._view(self.reference, x0_hat, None)
-        inputs = Step(x0_hat.float().flatten(1), x.float().flatten(1), sigmas, tuple(x0_hat.shape))
-        effects: list[BankEffect] = [self.mode.correct(inputs, view, strength, self.settings, **extra)
-                                     for view, strength in views]
+        inputs = Step(x0_hat.float().flatten(1), x.float().flatten(1), sigmas, tuple(x0_hat.shape),
+                      step_progress(step, total_steps), tuple(ids))
+        effects: list[BankEffect] = [
+            self.mode.correct(inputs, view, strength, self.settings, **extra,
+                              **({"memory": memory} if self.mode.remembers else {}))
+            for (view, strength), memory in zip(views, self._memories)]
         fired = torch.stack([e.fired for e in effects]).any(0)
         per_bank = [(bank.name, e.fired.tolist(), e.beta.tolist(), e.nearest_distance.tolist())
                     for (bank, _), e in zip(self.negations, effects)]  # one device sync per bank, not per value

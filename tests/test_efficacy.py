@@ -75,3 +75,42 @@ def test_wilson_interval():
     low, high = efficacy.wilson_interval(25, 50)
     assert low < 0.5 < high and math.isclose(0.5 - low, high - 0.5, rel_tol=1e-9)
     assert efficacy.wilson_interval(250, 500)[1] - efficacy.wilson_interval(250, 500)[0] < high - low
+
+
+def test_several_classes_end_with_the_default_modes_targets_per_run(tmp_path, capsys):
+    path = tmp_path / "runs.json"
+    code = efficacy.main(["--negate", "7", "1", "--samples", "8", "--steps", "4", "--report-cfg", "0",
+                          "--collateral", "2", "--methods", "none", "default", "--json", str(path)])
+    assert code == 0
+    runs = json.loads(path.read_text())
+    assert [run["negate"] for run in runs["runs"]] == [7, 1]
+    assert [set(checks) for checks in runs["targets"]] == [{title for _, title, _ in efficacy.TARGETS}] * 2
+    table = capsys.readouterr().out.split("| class | seed |")[1]
+    assert table.count("\n| 7 | 0 |") == 1 and table.count("\n| 1 | 0 |") == 1
+    assert "every target met in" in table
+
+
+def test_targets_are_checked_against_the_baseline_and_the_rivals():
+    none = {"negated_rate": 1.0, "collateral_accuracy_drop_pts": 0.0, "collateral_fid_increase_pct": 0.0,
+            "unconditional_share": 0.1, "memorised_rate": 0.4, "realism_confidence": 0.99}
+    default = dict(none, negated_rate=0.05, unconditional_share=0.01, memorised_rate=0.04, realism_confidence=0.9)
+    result = {"methods": {"none": none, "default": default, "paper": dict(none, negated_rate=0.05)}}
+    assert efficacy.target_checks(result) == {title: True for _, title, _ in efficacy.TARGETS} | {"beats paper": False}
+    default.update(memorised_rate=0.041, realism_confidence=0.89, collateral_accuracy_drop_pts=1.5)
+    missed = [title for title, ok in efficacy.target_checks(result).items() if not ok]
+    assert missed == ["collateral acc drop <= 1 pt", "memorised / 10", "confidence >= 90% of none's", "beats paper"]
+
+
+def test_default_mode_negates_the_hardest_class_and_the_memorised_images():
+    """Fast regression run of the default mode (class 1, the one it found hardest; 40 samples each).
+    Measured: negated 2.5% (none 100%), memorised 0% (none 35%), collateral on 7 (a look-alike) 0 points,
+    unconditional share 2.5% (1 of 40, as without negation: unconditional 1s are rare), confidence 94%."""
+    result = efficacy.evaluate(negate=1, seed=0, samples=40, sampler="euler", steps=20, cfg_scale=2.0,
+                               report_cfg=None, methods=["none", "default"], batch=40, collateral=[7],
+                               log=lambda m: None)
+    none, default = result["methods"]["none"], result["methods"]["default"]
+    assert none["negated_rate"] >= 0.9 and default["negated_rate"] <= 0.1
+    assert none["memorised_rate"] >= 0.2 and default["memorised_rate"] <= none["memorised_rate"] / 5
+    assert default["collateral_accuracy_drop_pts"] <= 5.0  # 2 of 40 samples
+    assert default["unconditional_share"] <= 0.05
+    assert default["realism_confidence"] >= 0.85

@@ -8,8 +8,9 @@ import torch
 from lib_safedenoise.engine import SafeDenoiser
 from lib_safedenoise.kernel import kernel_pass, log_kernel_density, unsafe_denoiser
 from lib_safedenoise.latent_bank import LatentBank
-from lib_safedenoise.modes import (DEFAULT_MODE, MODES, channel_moments, gaussian_log_density, item_spread_sq,
-                                   released_calibration_noise, released_threshold, resolve_mode, channel_normalized)
+from lib_safedenoise.modes import (DEFAULT_MODE, MODES, Step, channel_moments, gaussian_log_density, held_posterior,
+                                   item_spread_sq, released_calibration_noise, released_threshold, resolve_mode,
+                                   channel_normalized)
 
 
 def bank_and_inputs(seed=0, count=40, batch=3):
@@ -75,10 +76,11 @@ def test_posterior_mode_swaps_the_unsafe_denoiser_weighted_by_the_posterior(with
     x0_hat (kernels noised to tau) with a reference bank, at x against the Gaussian background without."""
     bank, x0_hat, x = bank_and_inputs(count=30)
     other = LatentBank("other", bank.latents[:20] + 0.3, role="reference")
-    spread, sigma, strength, gain, prior, temperature = 0.4, 1.5, 0.5, 3.0, 0.7, 2.0
+    spread, sigma, strength, gain, prior, temperature, coarseness = 0.4, 1.5, 0.5, 3.0, 0.7, 2.0, 2.5
     engine = SafeDenoiser([(bank, strength)], mode="posterior", window=(0, 1), threshold=0.0, bandwidth=spread,
                           reference=other if with_reference else None,
-                          options={"gain": gain, "prior_odds": prior, "temperature": temperature})
+                          options={"gain": gain, "prior_odds": prior, "temperature": temperature,
+                                   "prediction_spread": coarseness})
     out = engine.correct_x0(x0_hat, x, sigma, 0, 1)
     h = math.sqrt(sigma ** 2 + spread ** 2)
 
@@ -87,7 +89,7 @@ def test_posterior_mode_swaps_the_unsafe_denoiser_weighted_by_the_posterior(with
 
     mean, var = channel_moments(bank.latents)
     if with_reference:
-        v = float(var.mean())
+        v = float(var.mean()) * coarseness
         tau_h = math.sqrt(v * sigma ** 2 / (v + sigma ** 2) + spread ** 2)
         log_u, log_s = log_kernel_density(x0_hat, tau_h, bank), log_kernel_density(x0_hat, tau_h, other)
         safe = kernel_denoiser(other)
@@ -103,6 +105,65 @@ def test_posterior_mode_swaps_the_unsafe_denoiser_weighted_by_the_posterior(with
     off = SafeDenoiser([(bank, strength)], mode="posterior", window=(0, 1), threshold=1.01,
                        reference=other if with_reference else None)
     assert torch.equal(off.correct_x0(x0_hat, x, sigma, 0, 1), x0_hat)  # pi never reaches 1.01
+
+
+def test_posterior_judges_a_few_specific_images_at_the_reference_banks_resolution():
+    """Five unrelated images lie far apart, so their own estimated spread is wide; judged with it, a copy of
+    one of them would lose to ordinary images that merely resemble it, by (D/2) log(h_u^2 / h_s^2) nats of
+    normalisers. Both densities use the reference bank's spread: a near-copy is recognised, an ordinary
+    image is not."""
+    generator = torch.Generator().manual_seed(3)
+    specific = LatentBank("specific", torch.randn(5, 4, 8, 8, generator=generator))
+    centres = torch.randn(40, 1, 4, 8, 8, generator=generator)
+    clusters = centres + 0.1 * torch.randn(40, 5, 4, 8, 8, generator=generator)
+    clusters[0] = specific.latents[2] + 0.3 * torch.randn(5, 4, 8, 8, generator=generator)  # look-alikes
+    ordinary = LatentBank("ordinary", clusters.flatten(0, 1), role="reference")
+    assert item_spread_sq(specific.latents) > 50 * item_spread_sq(ordinary.latents)
+    engine = SafeDenoiser([(specific, 1.0)], mode="posterior", reference=ordinary, options={"hold": 0.0})
+    copy = specific.latents[2:3] + 0.05 * torch.randn(1, 4, 8, 8, generator=generator)
+    other = ordinary.latents[7:8] + 0.05 * torch.randn(1, 4, 8, 8, generator=generator)
+    queries = torch.cat([copy, other])
+    sigma = 0.3
+    engine.correct_x0(queries, queries + sigma * torch.randn(queries.shape, generator=generator), sigma, 0, 1)
+    v = float(channel_moments(specific.latents)[1].mean())
+    h = math.sqrt(v * sigma ** 2 / (v + sigma ** 2) + item_spread_sq(ordinary.latents))
+    expected = torch.sigmoid(log_kernel_density(queries, h, specific) - log_kernel_density(queries, h, ordinary))
+    betas = [records[0].beta for records in engine.report.images.values()]
+    assert betas == pytest.approx(expected.tolist(), abs=1e-4)
+    assert betas[0] > 0.99 and betas[1] < 0.01
+
+
+def test_held_posterior_decays_with_its_half_life_per_image():
+    memory = {}
+
+    def held(pi, progress, ids=(5, 7), half_life=0.1):
+        step = Step(torch.zeros(len(ids), 1), torch.zeros(len(ids), 1), torch.ones(len(ids)), (len(ids), 1, 1, 1),
+                    progress, ids)
+        return held_posterior(torch.tensor(pi), step, memory, half_life).tolist()
+
+    assert held([0.9, 0.1], 0.0) == pytest.approx([0.9, 0.1])
+    assert held([0.0, 0.3], 0.1) == pytest.approx([0.45, 0.3])  # one half-life later
+    assert held([0.0, 0.0], 0.1) == pytest.approx([0.45, 0.3])  # a second-order step's second evaluation
+    assert held([0.2, 0.0], 0.3, ids=(5, 9)) == pytest.approx([0.2, 0.0])  # 0.45 / 4 < 0.2; 9 has no past
+    assert held([0.0, 0.0], 0.0) == pytest.approx([0.0, 0.0])  # progress went back: a new trajectory
+    assert held([0.0], 0.1, half_life=0.0, ids=(5,)) == [0.0]
+
+
+def test_posterior_engine_holds_each_banks_posterior_across_steps():
+    """Through the engine: an image judged unsafe at step 0 and safe at step 1 keeps the decayed posterior,
+    per bank and per image id; a run without hold drops it."""
+    generator = torch.Generator().manual_seed(4)
+    bank = LatentBank("bank", torch.randn(6, 4, 8, 8, generator=generator))
+    ordinary = LatentBank("ordinary", 3 + torch.randn(30, 4, 8, 8, generator=generator), role="reference")
+    unsafe_like, safe_like = bank.latents[:1].clone(), ordinary.latents[:1].clone()
+    betas = {}
+    for hold in (0.0, 0.5):
+        engine = SafeDenoiser([(bank, 1.0)], mode="posterior", reference=ordinary, options={"hold": hold})
+        engine.correct_x0(unsafe_like, unsafe_like, 0.2, 0, 11, image_ids=[3])
+        engine.correct_x0(safe_like, safe_like, 0.2, 1, 11, image_ids=[3])
+        betas[hold] = [record.beta for record in engine.report.images[3]]
+    assert betas[0.0][0] > 0.99 and betas[0.0][1] < 1e-6
+    assert betas[0.5][1] == pytest.approx(betas[0.5][0] * 0.5 ** (0.1 / 0.5), rel=1e-5)
 
 
 def test_contrastive_against_itself_gives_the_prior_odds():

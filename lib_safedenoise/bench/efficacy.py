@@ -376,14 +376,69 @@ def markdown_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def write_json(path: Path, result: dict) -> None:
+# ---- targets -------------------------------------------------------------------------------------------
+
+TARGETS = (
+    ("negated_rate", "negated <= 10%", lambda m, none: m["negated_rate"] <= 0.10),
+    ("collateral_accuracy_drop_pts", "collateral acc drop <= 1 pt", lambda m, none: m["collateral_accuracy_drop_pts"] <= 1.0),
+    ("collateral_fid_increase_pct", "collateral FD <= +10%", lambda m, none: m["collateral_fid_increase_pct"] <= 10.0),
+    ("unconditional_share", "uncond share <= 1%", lambda m, none: m["unconditional_share"] <= 0.01),
+    ("memorised_rate", "memorised / 10", lambda m, none: m["memorised_rate"] <= none["memorised_rate"] / 10),
+    ("realism_confidence", "confidence >= 90% of none's",
+     lambda m, none: m["realism_confidence"] >= 0.9 * none["realism_confidence"]),
+)
+"""The default mode's targets (the efficacy issue), each a test of a method's metrics against the baseline's.
+Realism: the judge's confidence on scenario-1 samples within 10% of the baseline's."""
+
+RIVALS = ("reference", "paper")  # the default must beat them on negated rate at no more collateral damage
+
+
+def target_checks(result: dict, method: str = "default") -> dict[str, bool]:
+    """Which targets ``method`` meets in one run (rivals compared when they ran)."""
+    metrics, none = result["methods"][method], result["methods"]["none"]
+    checks = {title: bool(test(metrics, none)) for _, title, test in TARGETS}
+    for rival in RIVALS:
+        if rival in result["methods"]:
+            other = result["methods"][rival]
+            checks[f"beats {rival}"] = (metrics["negated_rate"] < other["negated_rate"]
+                                        and metrics["collateral_accuracy_drop_pts"] <= max(0.0, other["collateral_accuracy_drop_pts"]))
+    return checks
+
+
+def targets_table(results: list[dict], method: str = "default") -> str:
+    """One row per run (negated class, seed): the method's metrics, each marked with whether it meets its
+    target, then how many runs meet every target."""
+    titles = list(target_checks(results[0], method))
+    lines = ["| class | seed | " + " | ".join(titles) + " |", "|---|---|" + "---|" * len(titles)]
+    passed = 0
+    for result in results:
+        checks, metrics = target_checks(result, method), result["methods"][method]
+        values = {title: key for key, title, _ in TARGETS}
+        cells = []
+        for title in titles:
+            key = values.get(title)
+            shown = "" if key is None else (f"{metrics[key]:.2f}" if key.endswith("pts") or key.endswith("pct")
+                                            else f"{100 * metrics[key]:.1f}%")
+            cells.append(f"{shown} {'ok' if checks[title] else 'MISSED'}".strip())
+        passed += all(checks.values())
+        lines.append(f"| {result['negate']} | {result['seed']} | " + " | ".join(cells) + " |")
+    lines.append(f"\n{method}: every target met in {passed} of {len(results)} runs")
+    return "\n".join(lines)
+
+
+def public(result: dict) -> dict:
+    """A result without its in-memory parts (keys starting with ``_``, e.g. the sample grids)."""
+    return {k: v for k, v in result.items() if not k.startswith("_")}
+
+
+def write_json(path: Path, payload: dict) -> None:
     """Atomic: the previous file survives a crash mid-write."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     try:
         with os.fdopen(handle, "w") as stream:
-            json.dump({k: v for k, v in result.items() if not k.startswith("_")}, stream, indent=2)
+            json.dump(payload, stream, indent=2)
             stream.write("\n")
         os.replace(temporary, path)
     finally:
@@ -443,8 +498,10 @@ def write_figures(out: Path, result: dict) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lib_safedenoise.bench efficacy",
                                      description="Negation efficacy on the digits diffusion model.")
-    parser.add_argument("--negate", type=int, default=3, help="digit class to negate (default 3)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--negate", type=int, nargs="+", default=[3], metavar="K",
+                        help="digit class(es) to negate (default 3); several classes or seeds run one benchmark "
+                             "each and end with a table of the default mode's targets per run")
+    parser.add_argument("--seed", type=int, nargs="+", default=[0], metavar="S")
     parser.add_argument("--samples", type=int, default=500, help="samples per scenario and class (default 500)")
     parser.add_argument("--sampler", default="euler", choices=list(digits.SAMPLERS))
     parser.add_argument("--steps", type=int, default=20)
@@ -467,21 +524,30 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads < 1:
         parser.error("--threads must be at least 1")
     torch.set_num_threads(args.threads)
-    try:
-        result = evaluate(negate=args.negate, seed=args.seed, samples=args.samples, sampler=args.sampler,
-                          steps=args.steps, cfg_scale=args.cfg, report_cfg=args.report_cfg or None,
-                          methods=args.methods, batch=args.batch, collateral=args.collateral, log=lambda m: print(m, file=sys.stderr))
-    except (ValueError, FileNotFoundError) as error:
-        print(f"efficacy: {error}", file=sys.stderr)
-        return 2
-    print(f"Negating digit {result['negate']} (seed {result['seed']}, {result['samples']} samples per scenario "
-          f"and class, {result['sampler']} {result['steps']} steps, CFG {result['cfg']:g}; "
-          f"{result['runtime_seconds']:.0f} s)\n")
-    print(markdown_table(result))
+    results = []
+    for negate in args.negate:
+        for seed in args.seed:
+            try:
+                result = evaluate(negate=negate, seed=seed, samples=args.samples, sampler=args.sampler,
+                                  steps=args.steps, cfg_scale=args.cfg, report_cfg=args.report_cfg or None,
+                                  methods=args.methods, batch=args.batch, collateral=args.collateral,
+                                  log=lambda m: print(m, file=sys.stderr))
+            except (ValueError, FileNotFoundError) as error:
+                print(f"efficacy: {error}", file=sys.stderr)
+                return 2
+            print(f"Negating digit {result['negate']} (seed {result['seed']}, {result['samples']} samples per "
+                  f"scenario and class, {result['sampler']} {result['steps']} steps, CFG {result['cfg']:g}; "
+                  f"{result['runtime_seconds']:.0f} s)\n")
+            print(markdown_table(result) + "\n", flush=True)
+            results.append(result)
+    if len(results) > 1 and "default" in results[0]["methods"]:
+        print(targets_table(results))
     if args.json:
-        write_json(args.json, result)
+        write_json(args.json, public(results[0]) if len(results) == 1 else
+                   {"runs": [public(r) for r in results],
+                    "targets": [target_checks(r) for r in results if "default" in r["methods"]]})
     if args.out:
-        for path in write_figures(args.out, result):
+        for path in write_figures(args.out, results[0]):
             print(f"wrote {path}", file=sys.stderr)
     return 0
 
