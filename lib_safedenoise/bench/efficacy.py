@@ -1,7 +1,10 @@
 """Efficacy benchmark: how well each negation method works on a real diffusion model of real digits.
 
-``python -m lib_safedenoise.bench efficacy [--negate K] [--seed S] [--samples N] [--sampler NAME]
+``python -m lib_safedenoise.bench efficacy [--negate K ...] [--seed S ...] [--samples N] [--sampler NAME]
 [--cfg SCALE] [--report-cfg SCALE] [--methods NAME ...] [--json PATH] [--out DIR]``
+
+Several classes or seeds run one benchmark each and end with a table of the default mode's targets per
+run (``TARGETS``; ``--json`` then writes ``{"runs": [...], "targets": [...]}``).
 
 The model is ``lib_safedenoise.digits`` (a class-conditional latent diffusion model of scikit-learn's
 handwritten digits); an independent classifier judges the samples. Scenarios, every method on the same
