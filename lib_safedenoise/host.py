@@ -289,13 +289,13 @@ def reference_bank():
 def engine_factory() -> Callable[..., Any]:
     """``SafeDenoiser`` with this server's reference bank handed to the modes that contrast against one."""
     from lib_safedenoise.engine import SafeDenoiser
-    from lib_safedenoise.modes import MODES, resolve_mode
+    from lib_safedenoise.modes import takes_reference
 
     reference = reference_bank()
 
     def make(negations, *, mode: str = "default", **settings):
-        takes_reference = reference is not None and MODES[resolve_mode(mode)].reference_bank == "optional"
-        return SafeDenoiser(negations, mode=mode, reference=reference if takes_reference else None, **settings)
+        return SafeDenoiser(negations, mode=mode, reference=reference if takes_reference(mode) else None,
+                            **settings)
 
     return make
 

@@ -99,11 +99,10 @@ def engine_method(name: str, mode: str, summary: str, *, use_reference: bool = T
 
     def build(task: NegationTask) -> Intervention:
         from ..engine import SafeDenoiser
-        from ..modes import MODES, resolve_mode
+        from ..modes import takes_reference
 
-        takes_reference = use_reference and MODES[resolve_mode(mode)].reference_bank == "optional"
-        engine = SafeDenoiser([(task.bank, 1.0)], mode=mode, reference=task.reference if takes_reference else None,
-                              **settings)
+        reference = task.reference if use_reference and takes_reference(mode) else None
+        engine = SafeDenoiser([(task.bank, 1.0)], mode=mode, reference=reference, **settings)
         if task.sampler == "ddim":
             alphas_cumprod = task.model.alphas_cumprod
             return Intervention(after_cfg_eps=lambda eps, x, t, step, total: engine.correct_eps(
@@ -413,13 +412,13 @@ def targets_table(results: list[dict], method: str = "default") -> str:
     target, then how many runs meet every target."""
     titles = list(target_checks(results[0], method))
     lines = ["| class | seed | " + " | ".join(titles) + " |", "|---|---|" + "---|" * len(titles)]
+    metric_of = {title: key for key, title, _ in TARGETS}
     passed = 0
     for result in results:
         checks, metrics = target_checks(result, method), result["methods"][method]
-        values = {title: key for key, title, _ in TARGETS}
         cells = []
         for title in titles:
-            key = values.get(title)
+            key = metric_of.get(title)
             shown = "" if key is None else (f"{metrics[key]:.2f}" if key.endswith("pts") or key.endswith("pct")
                                             else f"{100 * metrics[key]:.1f}%")
             cells.append(f"{shown} {'ok' if checks[title] else 'MISSED'}".strip())
