@@ -15,9 +15,10 @@ import threading
 from pathlib import Path
 from typing import Any, Sequence
 
-from lib_safedenoise import bankfile, builder, presets
-from lib_safedenoise.bank_store import BankStore
-from lib_safedenoise.bankfile import BankError
+from lib_safedenoise.banks import builder, fileformat, metadata, presets, spaces
+from lib_safedenoise.banks.store import BankStore
+from lib_safedenoise.banks.errors import BankError
+from lib_safedenoise.core.latent_bank import ROLES
 
 PRIVACY_NOTE = ("A bank decodes back into recognisable low-resolution images: sharing a bank of private or "
                 "explicit images is close to sharing the images.")
@@ -28,7 +29,7 @@ def _settings(text: str | None) -> dict | None:
         return None
     raw = Path(text[1:]).read_text(encoding="utf-8") if text.startswith("@") else text
     try:
-        return bankfile.validate_settings(json.loads(raw))
+        return metadata.validate_settings(json.loads(raw))
     except ValueError as error:
         raise BankError(f"--settings: {error}") from None
 
@@ -66,10 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("-r", "--recursive", action="store_true", help="include sub-folders")
     build.add_argument("--append", action="store_true", help="add to an existing bank, keeping its provenance")
     build.add_argument("--title", help="display name (default: file name)")
-    build.add_argument("--role", choices=bankfile.ROLES, default="negation")
+    build.add_argument("--role", choices=ROLES, default="negation")
     build.add_argument("--category", help="label every new image with this category name")
     build.add_argument("--batch-size", type=int, default=8)
-    build.add_argument("--encode-mode", choices=bankfile.ENCODE_MODES, default="mean",
+    build.add_argument("--encode-mode", choices=metadata.ENCODE_MODES, default="mean",
                        help="VAE encoders: posterior mean (default, deterministic) or a seeded sample")
     build.add_argument("--seed", type=int, default=0, help="seed of --encode-mode sample")
     build.add_argument("--device", default="cpu", help="VAE encoders: torch device")
@@ -83,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     verify = command("verify", "check format, shapes, dtypes and hash (and latent space with --latent-space)")
     verify.add_argument("banks", nargs="+")
-    verify.add_argument("--latent-space", choices=sorted(bankfile.LATENT_SPACES),
+    verify.add_argument("--latent-space", choices=sorted(spaces.LATENT_SPACES),
                         help="also require this latent space")
 
     export = command("export", "write a shareable single-file preset (bank + card + settings, or settings only)")
@@ -101,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     importing.add_argument("--overwrite", action="store_true")
     importing.add_argument("--allow-pickle", action="store_true",
                            help="allow converting a legacy torch pickle (.pt); only for files you trust")
-    importing.add_argument("--latent-space", choices=sorted(bankfile.LATENT_SPACES), default="sd1",
+    importing.add_argument("--latent-space", choices=sorted(spaces.LATENT_SPACES), default="sd1",
                            help="latent space of a legacy .pt (default sd1)")
 
     merge = command("merge", "concatenate banks of one latent space, dropping duplicate sources")
@@ -115,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _build(args: argparse.Namespace) -> dict[str, Any]:
     from tqdm import tqdm
 
-    from lib_safedenoise.encoders import describe, resolve_encoder
+    from lib_safedenoise.bench.digits import encoder as _digits  # noqa: F401  (registers the "digits" encoder)
+    from lib_safedenoise.banks.encoders import describe, resolve_encoder
 
     options = {"device": args.device, "encode_mode": args.encode_mode, "seed": args.seed,
                "resolution": args.resolution}
@@ -150,7 +152,7 @@ def _build(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _inspect(args: argparse.Namespace) -> dict[str, Any]:
-    meta = bankfile.read_metadata(args.bank)
+    meta = fileformat.read_metadata(args.bank)
     data = meta.as_dict()
     data["sources_hashed"] = sum(bool(h) for h in data.pop("source_sha256"))
     data["file_bytes"] = Path(args.bank).stat().st_size
@@ -166,7 +168,7 @@ def _inspect(args: argparse.Namespace) -> dict[str, Any]:
 def _verify(args: argparse.Namespace) -> dict[str, Any]:
     results = {}
     for bank in args.banks:
-        result = bankfile.verify_bank(bank, space_id=args.latent_space)
+        result = fileformat.verify_bank(bank, space_id=args.latent_space)
         results[bank] = result.as_dict()
         for line in result.problems + result.warnings:
             print(f"{bank}: {line}", file=sys.stderr)

@@ -1,37 +1,37 @@
-"""The "Safe Denoiser" AlwaysOn script: thin glue from the WebUI's hooks to ``lib_safedenoise.extension``."""
+"""The "Safe Denoiser" AlwaysOn script: thin glue from the WebUI's hooks to ``lib_safedenoise.webui.extension``."""
 
 from modules import scripts
 
-from lib_safedenoise import extension, host
+from lib_safedenoise.webui import hooks, host, infotext, keys, server, xyz
 
 
 class SafeDenoiserScript(scripts.Script):
     def title(self):
-        return extension.SCRIPT_TITLE
+        return keys.SCRIPT_TITLE
 
     def show(self, is_img2img):
         return scripts.AlwaysVisible
 
     def ui(self, is_img2img):
-        from lib_safedenoise import ui
+        from lib_safedenoise.webui import ui
 
         controls = ui.build_accordion(is_img2img)
-        self.infotext_fields = list(zip(controls.components, extension.INFOTEXT_READERS))
-        self.paste_field_names = [str(reader) for reader in extension.INFOTEXT_READERS]
+        self.infotext_fields = list(zip(controls.components, infotext.INFOTEXT_READERS))
+        self.paste_field_names = [str(reader) for reader in infotext.INFOTEXT_READERS]
         return controls.components
 
     def before_process(self, p, *args):
-        extension.before_generation(p)
+        hooks.before_generation(p)
 
     def process(self, p, *args):
-        extension.begin_generation(p, args)
+        hooks.begin_generation(p, args)
 
     def postprocess(self, p, processed, *args):
-        extension.end_generation(p)
+        hooks.end_generation(p)
 
 
 if host.unsupported_host_message():
     host.log_problem(host.unsupported_host_message())
 host.register_script_callbacks(
-    app_started=extension.protect_enforcement,
-    before_ui=lambda: host.register_xyz_axes(extension.xyz_axes(host.mode_names, host.bank_names)))
+    app_started=hooks.protect_enforcement,
+    before_ui=lambda: host.register_xyz_axes(xyz.xyz_axes(server.mode_names, server.bank_names)))

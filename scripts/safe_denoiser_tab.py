@@ -1,32 +1,32 @@
 """The "Safe Denoiser" tab, its settings and its HTTP routes: glue from the WebUI's callbacks to
-``lib_safedenoise.ui`` and ``lib_safedenoise.api``."""
+``lib_safedenoise.webui.ui`` and ``lib_safedenoise.webui.api``."""
 
-from lib_safedenoise import extension, host
+from lib_safedenoise.webui import host, keys, server
 
 SETTINGS_SECTION = ("safe_denoiser", "Safe Denoiser")
 
 
 def ui_tabs():
-    from lib_safedenoise import ui
+    from lib_safedenoise.webui import ui
 
     return [(ui.build_tab(), ui.TAB_TITLE, "safe_denoiser_tab")]
 
 
 def ui_settings():
     host.add_settings(SETTINGS_SECTION, [
-        (extension.SETTING_BANK_DIR, "", "Bank folder",
+        (keys.SETTING_BANK_DIR, "", "Bank folder",
          {"info": f"empty: {host.default_bank_dir()} (follows --models-dir / --data-dir)",
           "folder": True, "restrict_api": True}),
-        (extension.SETTING_DEFAULT_ENABLED, False, "Safe Denoiser on by default (new page loads and API requests)",
+        (keys.SETTING_DEFAULT_ENABLED, False, "Safe Denoiser on by default (new page loads and API requests)",
          {"reload_ui": True}),
-        (extension.SETTING_DEFAULT_BANKS, [], "Banks selected by default",
-         {"multiselect_choices": host.bank_names, "reload_ui": True}),
-        (extension.SETTING_ENFORCED_BANKS, [], "Enforced banks: applied to every generation, UI and API, "
+        (keys.SETTING_DEFAULT_BANKS, [], "Banks selected by default",
+         {"multiselect_choices": server.bank_names, "reload_ui": True}),
+        (keys.SETTING_ENFORCED_BANKS, [], "Enforced banks: applied to every generation, UI and API, "
          "whatever a request asks; they cannot be deleted or replaced",
-         {"multiselect_choices": host.bank_names, "restrict_api": True,
-          "info": f"the --{extension.ENFORCE_CMD_OPT.replace('_', '-')} launch flag adds to these; "
+         {"multiselect_choices": server.bank_names, "restrict_api": True,
+          "info": f"the --{keys.ENFORCE_CMD_OPT.replace('_', '-')} launch flag adds to these; "
                   "the API cannot change this setting"}),
-        (extension.SETTING_HIDE_PREVIEWS, False, "Hide live previews while banks are enforced",
+        (keys.SETTING_HIDE_PREVIEWS, False, "Hide live previews while banks are enforced",
          {"restrict_api": True, "info": "previews show each step before the correction"}),
     ])
 
@@ -35,7 +35,7 @@ def app_started(demo, app):
     dependencies = host.api_auth_dependencies(app)
     if dependencies is None:  # the WebUI's API is off (no --api / --nowebui): so are ours
         return
-    from lib_safedenoise import api
+    from lib_safedenoise.webui import api
 
     api.register_routes(app, api.BankService(api.Backend.from_host()), dependencies)
 

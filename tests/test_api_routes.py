@@ -12,12 +12,12 @@ from fastapi import Depends, FastAPI, HTTPException
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from fastapi.testclient import TestClient
 
-from lib_safedenoise import api, extension, host
+from lib_safedenoise.webui import api, host, keys
 from tests.browser import ui_session
 from tests.images import write_broken, write_photos
 
-SETTINGS = (extension.SETTING_BANK_DIR, extension.SETTING_DEFAULT_ENABLED, extension.SETTING_DEFAULT_BANKS,
-            extension.SETTING_ENFORCED_BANKS, extension.SETTING_HIDE_PREVIEWS)
+SETTINGS = (keys.SETTING_BANK_DIR, keys.SETTING_DEFAULT_ENABLED, keys.SETTING_DEFAULT_BANKS,
+            keys.SETTING_ENFORCED_BANKS, keys.SETTING_HIDE_PREVIEWS)
 REPO = Path(__file__).resolve().parents[1]
 TAB_SCRIPT = REPO / "scripts" / "safe_denoiser_tab.py"
 AUTH = ("operator", "s3cret")
@@ -202,10 +202,10 @@ def test_settings_and_tab_registration(tmp_path, stub_callbacks):
     assert set(SETTINGS) <= set(labels)
     assert all(labels[k].section == ("safe_denoiser", "Safe Denoiser") for k in SETTINGS)
     restricted = {k for k in SETTINGS if labels[k].restrict_api}
-    assert restricted == {extension.SETTING_BANK_DIR, extension.SETTING_ENFORCED_BANKS, extension.SETTING_HIDE_PREVIEWS}
-    assert labels[extension.SETTING_BANK_DIR].component_args == {"visible": False}  # --hide-ui-dir-config
-    assert shared.opts.set(extension.SETTING_ENFORCED_BANKS, ["x"], is_api=True) is False
-    assert labels[extension.SETTING_DEFAULT_BANKS].component_args()["choices"] == []
+    assert restricted == {keys.SETTING_BANK_DIR, keys.SETTING_ENFORCED_BANKS, keys.SETTING_HIDE_PREVIEWS}
+    assert labels[keys.SETTING_BANK_DIR].component_args == {"visible": False}  # --hide-ui-dir-config
+    assert shared.opts.set(keys.SETTING_ENFORCED_BANKS, ["x"], is_api=True) is False
+    assert labels[keys.SETTING_DEFAULT_BANKS].component_args()["choices"] == []
     (tab, title, elem_id), = stub_callbacks.callback_map["callbacks_ui_tabs"][0].callback()
     assert (title, elem_id) == ("Safe Denoiser", "safe_denoiser_tab") and tab.blocks
 
@@ -233,12 +233,12 @@ def test_forge_options_route_leaves_enforcement_alone(tmp_path):
     webui = wf.start(tmp_path, forge=True, enforce=wf.BANK, app=app)
     try:
         opts = webui.shared.opts
-        opts.data[extension.SETTING_ENFORCED_BANKS] = [wf.BANK]
+        opts.data[keys.SETTING_ENFORCED_BANKS] = [wf.BANK]
         response = TestClient(app).post("/sdapi/v1/options", json={
-            extension.SETTING_ENFORCED_BANKS: [], "disabled_extensions": ["sd-webui-safe-denoiser"],
+            keys.SETTING_ENFORCED_BANKS: [], "disabled_extensions": ["sd-webui-safe-denoiser"],
             "live_previews_enable": False})
         assert response.status_code == 200
-        assert opts.data[extension.SETTING_ENFORCED_BANKS] == [wf.BANK]
+        assert opts.data[keys.SETTING_ENFORCED_BANKS] == [wf.BANK]
         assert opts.data["disabled_extensions"] == []
         assert opts.data["live_previews_enable"] is False  # options that are not restricted still change
     finally:

@@ -5,10 +5,10 @@ import threading
 import pytest
 import torch
 
-from lib_safedenoise import bankfile, presets
-from lib_safedenoise.bank_store import BankStore
-from lib_safedenoise.bankfile import BankError, PickleRefusedError
-from lib_safedenoise.encoders import TestEncoder
+from lib_safedenoise.banks import errors, fileformat, presets
+from lib_safedenoise.banks.store import BankStore
+from lib_safedenoise.banks.errors import BankError, PickleRefusedError
+from lib_safedenoise.banks.encoders import TestEncoder
 from tests.images import write_digits, write_photos
 
 
@@ -46,7 +46,7 @@ def test_load_is_cached_and_reloaded_when_the_file_changes(store, images):
     store.build(list(photos.values())[3:5], TestEncoder(32), "photos", append=True)
     second = store.load("photos")
     assert second is not first and second.count == 5 and torch.equal(second.latents[:3], first.latents)
-    with pytest.raises(bankfile.BankCompatibilityError, match="bank 'photos' was built for test encoder"):
+    with pytest.raises(errors.BankCompatibilityError, match="bank 'photos' was built for test encoder"):
         store.load("photos", space_id="sdxl")
 
 
@@ -74,7 +74,7 @@ def test_import_verifies_before_copying(store, tmp_path):
     raw = bytearray(outside.read_bytes())
     raw[-1] ^= 0xFF
     outside.write_bytes(bytes(raw))
-    with pytest.raises(bankfile.BankIntegrityError):
+    with pytest.raises(errors.BankIntegrityError):
         store.import_file(outside, name="tampered")
     assert "tampered" not in store.names()
     legacy = tmp_path / "repellency_proj_ref.pt"
@@ -92,9 +92,9 @@ def test_settings_only_preset_shows_card_then_installs_into_its_bank(store, tmp_
                                         settings={"paper": {"strength": 2.0}}, card={"usage_hint": "no zeros"})
     shown = store.read_preset(preset_file)
     assert shown.card["usage_hint"] == "no zeros" and not shown.problems
-    assert bankfile.read_metadata(store.path_of("digits")).settings == {}  # reading changed nothing
+    assert fileformat.read_metadata(store.path_of("digits")).settings == {}  # reading changed nothing
     assert store.install_preset(preset_file) == "digits"
-    meta = bankfile.read_metadata(store.path_of("digits"))
+    meta = fileformat.read_metadata(store.path_of("digits"))
     assert meta.settings == {"paper": {"strength": 2.0}} and meta.usage_hint == "no zeros"
     store.delete("digits")
     assert "not in this bank folder" in store.read_preset(preset_file).problems[0]

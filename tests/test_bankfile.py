@@ -14,16 +14,16 @@ from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from lib_safedenoise import bankfile
-from lib_safedenoise.bankfile import (BankCompatibilityError, BankError, BankFormatError, BankIntegrityError,
-                                      PickleRefusedError)
+from lib_safedenoise.banks import fileformat, metadata, spaces
+from lib_safedenoise.banks.legacy import convert_legacy_pt
+from lib_safedenoise.banks.errors import BankCompatibilityError, BankError, BankFormatError, BankIntegrityError, PickleRefusedError
 
 
 def make_bank(path, *, space="sd1", count=5, shape=(4, 8, 8), seed=0, **values):
     latents = torch.randn(count, *shape, generator=torch.Generator().manual_seed(seed)).half()
-    meta = bankfile.new_metadata(title=path.stem, count=count, shape=shape, space=bankfile.LATENT_SPACES[space],
+    meta = metadata.new_metadata(title=path.stem, count=count, shape=shape, space=spaces.LATENT_SPACES[space],
                                  **values)
-    return bankfile.save_bank(path, meta, latents, weights=torch.linspace(0.5, 1, count),
+    return fileformat.save_bank(path, meta, latents, weights=torch.linspace(0.5, 1, count),
                               labels=torch.arange(count) % 2), latents
 
 
@@ -50,10 +50,10 @@ def test_round_trip_is_a_plain_safetensors_file_with_modelspec_metadata(tmp_path
     assert stored["sdn_encode_seed"] == "42" and stored["sdn_latent_space"] == "sd1"
     raw, start = data_region(path)
     assert stored["modelspec.hash_sha256"] == "0x" + hashlib.sha256(raw[start:]).hexdigest()
-    parsed = bankfile.read_metadata(path)
+    parsed = fileformat.read_metadata(path)
     assert parsed == meta and parsed.settings == settings_ and parsed.encode_seed == 42
-    assert parsed.short_hash == stored["modelspec.hash_sha256"][2:2 + bankfile.SHORT_HASH_LENGTH]
-    bank = bankfile.load_bank(path)
+    assert parsed.short_hash == stored["modelspec.hash_sha256"][2:2 + metadata.SHORT_HASH_LENGTH]
+    bank = fileformat.load_bank(path)
     assert bank.name == "nudity" and bank.latent_space == "sd1" and bank.short_hash == parsed.short_hash
     assert torch.equal(bank.latents, latents) and bank.role == "negation" and not bank.channel_normalized
 
@@ -61,15 +61,15 @@ def test_round_trip_is_a_plain_safetensors_file_with_modelspec_metadata(tmp_path
 def test_flipped_data_byte_fails_verification_and_loading(tmp_path):
     path = tmp_path / "b.safetensors"
     make_bank(path)
-    assert bankfile.verify_bank(path).ok
+    assert fileformat.verify_bank(path).ok
     raw, start = data_region(path)
     flipped = bytearray(raw)
     flipped[start + 7] ^= 0x01
     path.write_bytes(bytes(flipped))
-    result = bankfile.verify_bank(path)
+    result = fileformat.verify_bank(path)
     assert not result.ok and "does not match its hash" in result.problems[0]
     with pytest.raises(BankIntegrityError, match="altered or damaged"):
-        bankfile.load_bank(path)
+        fileformat.load_bank(path)
 
 
 def test_truncated_and_foreign_files_are_rejected_with_reasons(tmp_path):
@@ -78,68 +78,68 @@ def test_truncated_and_foreign_files_are_rejected_with_reasons(tmp_path):
     raw = path.read_bytes()
     path.write_bytes(raw[:-10])
     with pytest.raises(BankFormatError, match="truncated"):
-        bankfile.read_header(path)
+        fileformat.read_header(path)
     other = tmp_path / "lora.safetensors"
     from safetensors.torch import save_file
     save_file({"w": torch.zeros(2)}, str(other), metadata={"ss_network_dim": "4"})
     with pytest.raises(BankFormatError, match="not a Safe Denoiser bank"):
-        bankfile.load_bank(other)
+        fileformat.load_bank(other)
     meta, latents = make_bank(tmp_path / "b.safetensors")
     mislabelled = dataclasses.replace(meta, latent_space="sd3")
     with pytest.raises(BankFormatError, match="4-channel latents cannot be SD3 latents"):
-        bankfile.save_bank(tmp_path / "c.safetensors", mislabelled, latents)
+        fileformat.save_bank(tmp_path / "c.safetensors", mislabelled, latents)
     text = tmp_path / "notes.safetensors"
     text.write_text("hello there, this is not a tensor file at all")
     with pytest.raises(BankFormatError, match="not a safetensors file"):
-        bankfile.verify_hash(text)
+        fileformat.verify_hash(text)
 
 
 def test_newer_format_version_is_refused_clearly(tmp_path):
     path = tmp_path / "b.safetensors"
     meta, _ = make_bank(path)
-    strings = meta.to_strings() | {"sdn_format_version": str(bankfile.FORMAT_VERSION + 1)}
+    strings = meta.to_strings() | {"sdn_format_version": str(metadata.FORMAT_VERSION + 1)}
     with pytest.raises(BankFormatError, match="update the extension"):
-        bankfile.parse_metadata(strings)
+        metadata.parse_metadata(strings)
 
 
 def test_metadata_edit_keeps_hash_and_data(tmp_path):
     path = tmp_path / "b.safetensors"
     meta, latents = make_bank(path)
-    edited = bankfile.rewrite_metadata(path, description="now with a card", settings={"paper": {"strength": 2}})
+    edited = fileformat.rewrite_metadata(path, description="now with a card", settings={"paper": {"strength": 2}})
     assert edited.hash_sha256 == meta.hash_sha256
-    assert bankfile.verify_bank(path).ok
-    assert torch.equal(bankfile.load_bank(path).latents, latents)
-    assert bankfile.read_metadata(path).description == "now with a card"
+    assert fileformat.verify_bank(path).ok
+    assert torch.equal(fileformat.load_bank(path).latents, latents)
+    assert fileformat.read_metadata(path).description == "now with a card"
 
 
 def test_compatibility_is_by_latent_space_with_a_clear_message(tmp_path):
     meta, _ = make_bank(tmp_path / "x.safetensors", space="sdxl", shape=(4, 16, 16), vae_name="sdxl_vae")
     with pytest.raises(BankCompatibilityError) as error:
-        bankfile.check_compatibility(meta, "sd1", name="x", model_label="SD1")
+        fileformat.check_compatibility(meta, "sd1", name="x", model_label="SD1")
     assert "bank 'x' was built for SDXL latents (4×16×16 from VAE sdxl_vae); the loaded model is SD1" \
         in str(error.value)
-    assert bankfile.latent_space_for_family("sd2") is bankfile.latent_space_for_family("sd1")
+    assert spaces.latent_space_for_family("sd2") is spaces.latent_space_for_family("sd1")
     sd3, _ = make_bank(tmp_path / "sd3.safetensors", space="sd3", shape=(16, 8, 8))
     with pytest.raises(BankCompatibilityError, match="SD3 latents"):
-        bankfile.check_compatibility(sd3, bankfile.latent_space_for_family("flux").id)
-    assert bankfile.check_compatibility(sd3, "sd3") == []
+        fileformat.check_compatibility(sd3, spaces.latent_space_for_family("flux").id)
+    assert fileformat.check_compatibility(sd3, "sd3") == []
     with pytest.raises(BankCompatibilityError):
-        bankfile.load_bank(tmp_path / "sd3.safetensors", space_id="sdxl")
+        fileformat.load_bank(tmp_path / "sd3.safetensors", space_id="sdxl")
 
 
 def test_vae_hash_difference_within_a_space_is_a_warning(tmp_path):
     meta, _ = make_bank(tmp_path / "b.safetensors", vae_name="vae-ft-mse", vae_hash="aaaaaaaaaa")
-    notes = bankfile.check_compatibility(meta, "sd1", vae_hash="bbbbbbbbbb")
+    notes = fileformat.check_compatibility(meta, "sd1", vae_hash="bbbbbbbbbb")
     assert len(notes) == 1 and "still applies" in notes[0]
 
 
 def test_load_is_cached_and_picks_up_changes_on_disk(tmp_path):
     path = tmp_path / "b.safetensors"
     make_bank(path, seed=1)
-    first = bankfile.load_bank(path)
-    assert bankfile.load_bank(path) is first
+    first = fileformat.load_bank(path)
+    assert fileformat.load_bank(path) is first
     _, replacement = make_bank(path, seed=2, count=3)
-    reloaded = bankfile.load_bank(path)
+    reloaded = fileformat.load_bank(path)
     assert reloaded is not first and torch.equal(reloaded.latents, replacement)
 
 
@@ -152,9 +152,9 @@ def test_failed_write_leaves_old_file_and_no_temporaries(tmp_path):
         yield b"\x00" * 64
         raise OSError("disk full")
 
-    broken = bankfile.TensorData("latents", "F16", (1, 4, 4, 2), failing_chunks)
+    broken = fileformat.TensorData("latents", "F16", (1, 4, 4, 2), failing_chunks)
     with pytest.raises(OSError, match="disk full"):
-        bankfile.write_bank(path, meta, [broken])
+        fileformat.write_bank(path, meta, [broken])
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["b.safetensors"]
 
@@ -164,11 +164,11 @@ def test_legacy_pickle_refused_by_default_and_marked_channel_normalised(tmp_path
     legacy = tmp_path / "repellency_proj_ref.pt"
     torch.save(latents.flatten(1), legacy)
     with pytest.raises(PickleRefusedError, match="--allow-pickle"):
-        bankfile.convert_legacy_pt(legacy, tmp_path / "out.safetensors")
+        convert_legacy_pt(legacy, tmp_path / "out.safetensors")
     assert not (tmp_path / "out.safetensors").exists()
     with pytest.warns(UserWarning, match="unpickling"):
-        meta = bankfile.convert_legacy_pt(legacy, tmp_path / "out.safetensors", allow_pickle=True)
-    bank = bankfile.load_bank(tmp_path / "out.safetensors")
+        meta = convert_legacy_pt(legacy, tmp_path / "out.safetensors", allow_pickle=True)
+    bank = fileformat.load_bank(tmp_path / "out.safetensors")
     assert meta.channel_normalized and bank.channel_normalized and bank.latent_space == "sd1"
     assert torch.equal(bank.latents, latents)
 
@@ -186,7 +186,7 @@ def test_legacy_pickle_with_code_is_not_executed_even_when_allowed(tmp_path, mon
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(BankFormatError, match="weights-only"):
-            bankfile.convert_legacy_pt(evil, tmp_path / "out.safetensors", allow_pickle=True)
+            convert_legacy_pt(evil, tmp_path / "out.safetensors", allow_pickle=True)
     assert not marker.exists()
 
 
@@ -196,7 +196,7 @@ VALID = None
 def valid_strings():
     global VALID
     if VALID is None:
-        meta = bankfile.new_metadata(title="t", count=2, shape=(4, 8, 8), space=bankfile.LATENT_SPACES["sd1"])
+        meta = metadata.new_metadata(title="t", count=2, shape=(4, 8, 8), space=spaces.LATENT_SPACES["sd1"])
         VALID = meta.to_strings()
     return VALID
 
@@ -210,18 +210,18 @@ json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats
 @given(st.one_of(st.dictionaries(st.text(max_size=30), st.text(max_size=30), max_size=8), json_values))
 def test_parser_never_crashes_on_arbitrary_input(raw):
     try:
-        bankfile.parse_metadata(raw)
+        metadata.parse_metadata(raw)
     except BankFormatError:
         pass
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.sampled_from([k.key for k in bankfile.SCHEMA]),
+@given(st.sampled_from([k.key for k in metadata.SCHEMA]),
        st.one_of(st.text(max_size=40), json_values.map(json.dumps)))
 def test_any_single_key_replaced_parses_or_fails_clearly(key, value):
     raw = dict(valid_strings()) | {key: value}
     try:
-        meta = bankfile.parse_metadata(raw)
+        meta = metadata.parse_metadata(raw)
     except BankFormatError as error:
         assert key in str(error) or "version" in str(error) or "shape" in str(error) or "sources" in str(error)
     else:
@@ -234,6 +234,6 @@ def test_header_reader_never_crashes_on_arbitrary_bytes(tmp_path_factory, payloa
     path = tmp_path_factory.mktemp("h") / "x.safetensors"
     path.write_bytes(payload)
     try:
-        bankfile.read_header(path)
+        fileformat.read_header(path)
     except BankError:
         pass

@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
-from lib_safedenoise import bankfile, builder
-from lib_safedenoise.bankfile import BankError
-from lib_safedenoise.builder import BuildCancelled, EmptyBuildError
-from lib_safedenoise.encoders import TestEncoder
+from lib_safedenoise.banks import fileformat, builder
+from lib_safedenoise.banks.errors import BankError
+from lib_safedenoise.banks.builder import BuildCancelled, EmptyBuildError
+from lib_safedenoise.banks.encoders import TestEncoder
 from tests.images import write_broken, write_digits, write_exif_rotated, write_photos
 
 
@@ -41,12 +41,12 @@ def test_folder_build_reports_every_file_and_keeps_going(tmp_path, photos):
     assert statuses["astronaut_again.png"] == "duplicate" and statuses["astronaut.png"] == "added"
     assert statuses["captions.txt"] == "ignored" and ".DS_Store" not in statuses
     assert all(statuses[name] == "added" for name in paths)
-    meta = bankfile.read_metadata(tmp_path / "bank.safetensors")
+    meta = fileformat.read_metadata(tmp_path / "bank.safetensors")
     added = [r for r in report.files if r.status == "added"]
     assert meta.count == len(paths) == report.bank_count
     assert list(meta.source_sha256) == [hashlib.sha256(open(r.source, "rb").read()).hexdigest() for r in added]
     assert meta.resize_policy == builder.RESIZE_POLICY and meta.source_resolution == "64x64"
-    assert bankfile.verify_bank(tmp_path / "bank.safetensors", space_id="test").ok
+    assert fileformat.verify_bank(tmp_path / "bank.safetensors", space_id="test").ok
 
 
 def test_pixels_follow_the_image_policy(photos):
@@ -178,17 +178,17 @@ def test_append_keeps_provenance_and_rows(tmp_path, photos):
     dest = tmp_path / "bank.safetensors"
     first = builder.build_bank([paths["coffee.jpg"], paths["astronaut.png"]], TestEncoder(32), dest,
                                description="original card", settings={"paper": {"strength": 1.5}})
-    original = bankfile.load_bank(dest).latents.clone()
-    original_meta = bankfile.read_metadata(dest)
+    original = fileformat.load_bank(dest).latents.clone()
+    original_meta = fileformat.read_metadata(dest)
     report = builder.build_bank([paths["astronaut.png"], paths["chelsea.webp"]], TestEncoder(32), dest, append=True,
                                 category="cats")
     assert [r.status for r in report.files] == ["duplicate", "added"]
-    meta = bankfile.read_metadata(dest)
+    meta = fileformat.read_metadata(dest)
     assert meta.count == 3 and meta.description == "original card" and meta.settings == {"paper": {"strength": 1.5}}
     assert meta.source_sha256[:2] == original_meta.source_sha256 and len(set(meta.source_sha256)) == 3
     assert meta.merged_from[0] == {"title": "bank", "hash_sha256": original_meta.hash_sha256, "count": 2}
-    assert torch.equal(bankfile.load_bank(dest).latents[:2], original) and first.bank_count == 2
-    assert bankfile.read_extra_tensors(dest)["labels"].tolist() == [-1, -1, 0] and meta.categories == {"0": "cats"}
+    assert torch.equal(fileformat.load_bank(dest).latents[:2], original) and first.bank_count == 2
+    assert fileformat.read_extra_tensors(dest)["labels"].tolist() == [-1, -1, 0] and meta.categories == {"0": "cats"}
     with pytest.raises(BankError, match="cannot append to bank.safetensors: it holds test encoder latents"):
         builder.build_bank([paths["camera_grey.png"]], TestEncoder(32, latent_space="sd3"), dest, append=True)
 
@@ -200,9 +200,9 @@ def test_merge_refuses_mixed_latent_spaces_and_deduplicates(tmp_path, photos):
     builder.build_bank([paths["camera_grey.png"], paths["chelsea.webp"]], TestEncoder(32), b)
     merged = builder.merge_banks([a, b], tmp_path / "m.safetensors", title="merged")
     assert merged.count == 3 and [m["count"] for m in merged.merged_from] == [2, 2]
-    rows = bankfile.load_bank(tmp_path / "m.safetensors").latents
-    assert torch.equal(rows[:2], bankfile.load_bank(a).latents)
-    assert torch.equal(rows[2], bankfile.load_bank(b).latents[1])
+    rows = fileformat.load_bank(tmp_path / "m.safetensors").latents
+    assert torch.equal(rows[:2], fileformat.load_bank(a).latents)
+    assert torch.equal(rows[2], fileformat.load_bank(b).latents[1])
 
 
 def test_names_are_sanitised(tmp_path, photos):
@@ -219,15 +219,15 @@ def test_names_are_sanitised(tmp_path, photos):
 
 
 def test_digits_encoder_builds_in_the_digits_space(tmp_path):
-    pytest.importorskip("lib_safedenoise.digits.latents", reason="the digits model is written by another helper")
-    from lib_safedenoise.digits.latents import encode
-    from lib_safedenoise.encoders import DigitsEncoder
+    pytest.importorskip("lib_safedenoise.bench.digits.latents", reason="the digits model is written by another helper")
+    from lib_safedenoise.bench.digits.latents import encode
+    from lib_safedenoise.bench.digits.encoder import DigitsEncoder
 
     paths = write_digits(tmp_path / "digits", count=12)
     report = builder.build_bank(tmp_path / "digits", DigitsEncoder(), tmp_path / "d.safetensors")
-    meta = bankfile.read_metadata(tmp_path / "d.safetensors")
+    meta = fileformat.read_metadata(tmp_path / "d.safetensors")
     assert report.bank_count == 12 and meta.latent_space == "digits" and meta.shape == (12, 4, 8, 8)
-    latents = bankfile.load_bank(tmp_path / "d.safetensors").latents.float()
+    latents = fileformat.load_bank(tmp_path / "d.safetensors").latents.float()
     for row, path in enumerate(paths.values()):  # 8x8 files go through unresized: exactly the model's encoding
         with Image.open(path) as image:
             if image.size == (8, 8):

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lib_safedenoise import bankfile, cli
+from lib_safedenoise.banks import fileformat
+from lib_safedenoise import cli
 from tests.images import write_broken, write_digits, write_photos
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +43,7 @@ def test_build_json_report_and_bank(folder, tmp_path, capsys):
     assert report["counts"] == {"added": 9, "decompression-bomb": 1, "not-an-image": 1, "truncated": 1,
                                 "zero-byte": 1}
     assert "truncated: " in err and "wrote " in err
-    meta = bankfile.read_metadata(tmp_path / "p.safetensors")
+    meta = fileformat.read_metadata(tmp_path / "p.safetensors")
     assert meta.license == "CC0" and meta.settings == {"paper": {"strength": 1.5}}
     assert report["short_hash"] == meta.short_hash
 
@@ -95,14 +96,14 @@ def test_legacy_pickle_needs_allow_pickle(tmp_path, capsys):
     with pytest.warns(UserWarning, match="unpickling"):
         status, report, _ = run_json(capsys, "bank", "import", legacy, "--into", tmp_path / "store",
                                      "--allow-pickle")
-    assert status == 0 and bankfile.read_metadata(report["path"]).channel_normalized
+    assert status == 0 and fileformat.read_metadata(report["path"]).channel_normalized
 
 
 def test_readable_errors(tmp_path, capsys):
     status, out, err = run(capsys, "bank", "inspect", tmp_path / "missing.safetensors")
     assert status == 1 and err.startswith("error: cannot read") and "Traceback" not in err
     status, out, err = run(capsys, "bank", "build", tmp_path, "-o", tmp_path / "x", "--encoder", "nonsense")
-    assert status == 1 and "neither 'digits', 'test' nor an existing VAE" in err
+    assert status == 1 and "neither one of digits, test nor an existing VAE" in err
     status, out, err = run(capsys, "bank", "build", tmp_path, "-o", tmp_path / "x", "--encoder", "test",
                            "--settings", "[1, 2]")
     assert status == 1 and "mode names to objects" in err
@@ -123,12 +124,12 @@ def test_vae_encoder_without_diffusers_says_what_to_install(tmp_path, capsys):
 
 
 def test_digits_encoder_from_the_command_line(tmp_path, capsys):
-    pytest.importorskip("lib_safedenoise.digits.latents", reason="the digits model is written by another helper")
+    pytest.importorskip("lib_safedenoise.bench.digits.latents", reason="the digits model is written by another helper")
     write_digits(tmp_path / "digits", count=10)
     status, report, _ = run_json(capsys, "bank", "build", tmp_path / "digits", "-o", tmp_path / "d.safetensors",
                                  "--encoder", "digits")
     assert status == 0 and report["bank_count"] == 10
-    assert bankfile.read_metadata(tmp_path / "d.safetensors").latent_space == "digits"
+    assert fileformat.read_metadata(tmp_path / "d.safetensors").latent_space == "digits"
 
 
 def test_module_entry_point_help_and_exit_status(folder, tmp_path):

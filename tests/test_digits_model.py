@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from lib_safedenoise import digits, kdiffusion
-from lib_safedenoise.digits import checkpoints, data, train
-from lib_safedenoise.digits.sampling import ddim_timesteps
+from lib_safedenoise.bench import digits, kdiffusion
+from lib_safedenoise.bench.digits import checkpoints, data, train
+from lib_safedenoise.bench.digits.sampling import ddim_timesteps
 
 
 def test_split_is_disjoint_complete_stratified_and_stable():

@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from lib_safedenoise import extension, host
-from lib_safedenoise.extension import INFOTEXT_ENFORCED_KEY, INFOTEXT_ERROR_KEY, SETTING_ENFORCED_BANKS
+from lib_safedenoise.webui import enforcement, keys, server
+from lib_safedenoise.webui.keys import INFOTEXT_ENFORCED_KEY, INFOTEXT_ERROR_KEY, SETTING_ENFORCED_BANKS
 from tests.host_stub import webui_fixtures as wf
 
 REQUEST = dict(prompt=str(wf.NEGATED_CLASS), seed=21, steps=6, cfg_scale=2.0)
@@ -20,7 +20,7 @@ def reference(tmp_path_factory):
     """Latents of the same request on a server without enforcement: off, and with the bank requested."""
     webui = wf.start(tmp_path_factory.mktemp("open"))
     off = webui.txt2img(**REQUEST)["p"].latents[0]
-    on = webui.txt2img(**REQUEST, safe_denoiser=extension.enforced_args((wf.BANK,)).to_script_args())
+    on = webui.txt2img(**REQUEST, safe_denoiser=enforcement.enforced_args((wf.BANK,)).to_script_args())
     return off, on["p"].latents[0]
 
 
@@ -53,7 +53,7 @@ def test_override_settings_cannot_clear_it(enforced, reference):
     request = dict(REQUEST, override_settings={SETTING_ENFORCED_BANKS: [], "live_previews_enable": True})
     assert_enforced(enforced.txt2img(**request), reference)
     enforced.shared.opts.data[SETTING_ENFORCED_BANKS] = ["other"]  # the settings page (a local operator) can
-    assert host.enforced_bank_names() == (wf.BANK, "other")
+    assert server.enforced_bank_names() == (wf.BANK, "other")
 
 
 def test_options_route_cannot_clear_it_nor_disable_the_extension(enforced, reference):
@@ -86,9 +86,9 @@ def test_pasted_or_api_infotext_cannot_switch_it_off(enforced, reference):
 
 def test_enforced_bank_cannot_be_deleted_renamed_or_replaced(enforced):
     for name in (wf.BANK, f" {wf.BANK}.safetensors"):
-        with pytest.raises(extension.EnforcementError, match="enforced"):
-            host.guard_bank_change(name)
-    host.guard_bank_change("another-bank")
+        with pytest.raises(enforcement.EnforcementError, match="enforced"):
+            server.guard_bank_change(name)
+    server.guard_bank_change("another-bank")
 
 
 def test_bank_file_removed_behind_our_back_keeps_the_loaded_copy(enforced, reference):
@@ -109,11 +109,11 @@ def test_enforced_bank_missing_from_the_start_stops_the_generation(tmp_path):
 
 def test_live_previews_hidden_when_configured(enforced):
     opts = enforced.shared.opts
-    opts.data[extension.SETTING_HIDE_PREVIEWS] = True
+    opts.data[keys.SETTING_HIDE_PREVIEWS] = True
     enforced.txt2img(**REQUEST)
     assert enforced.shared.state.previews == []
     assert opts.data["live_previews_enable"] is True  # restored after the generation
-    opts.data[extension.SETTING_HIDE_PREVIEWS] = False
+    opts.data[keys.SETTING_HIDE_PREVIEWS] = False
     enforced.txt2img(**REQUEST)
     assert enforced.shared.state.previews
 
@@ -130,6 +130,6 @@ def test_launch_flag_lands_where_the_extension_reads_it():
     parser = argparse.ArgumentParser()
     module.preload(parser)
     cmd_opts = parser.parse_args(["--safe-denoiser-enforce", "nsfw, gore"])
-    assert extension.enforced_bank_names(getattr(cmd_opts, extension.ENFORCE_CMD_OPT), []) == ("nsfw", "gore")
+    assert enforcement.merge_enforced_names(getattr(cmd_opts, keys.ENFORCE_CMD_OPT), []) == ("nsfw", "gore")
     with pytest.raises(SystemExit):  # without our preload (extension disabled) the WebUI refuses the flag
         argparse.ArgumentParser().parse_args(["--safe-denoiser-enforce", "nsfw"])

@@ -6,11 +6,12 @@ import math
 import pytest
 import torch
 
-from lib_safedenoise import ENGINE_VERSION, kdiffusion
-from lib_safedenoise.engine import SafeDenoiser
-from lib_safedenoise.kernel import log_kernel_density
-from lib_safedenoise.latent_bank import LatentBank
-from lib_safedenoise.schedule import SamplerSteps, in_window, step_progress, validate_window, window_steps
+from lib_safedenoise import ENGINE_VERSION
+from lib_safedenoise.bench import kdiffusion
+from lib_safedenoise.core.engine import SafeDenoiser
+from lib_safedenoise.core.kernel import log_kernel_density
+from lib_safedenoise.core.latent_bank import LatentBank
+from lib_safedenoise.core.schedule import SamplerSteps, in_window, step_progress, validate_window, window_steps
 
 
 def make_bank(seed=0, count=30, shape=(4, 8, 8), name="bank", **kwargs):

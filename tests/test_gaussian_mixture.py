@@ -11,10 +11,10 @@ import math
 import pytest
 import torch
 
-from lib_safedenoise import kdiffusion
-from lib_safedenoise.engine import SafeDenoiser
-from lib_safedenoise.kernel import log_kernel_density, unsafe_denoiser
-from lib_safedenoise.latent_bank import LatentBank
+from lib_safedenoise.bench import kdiffusion
+from lib_safedenoise.core.engine import SafeDenoiser
+from lib_safedenoise.core.kernel import log_kernel_density, unsafe_denoiser
+from lib_safedenoise.core.latent_bank import LatentBank
 
 SPREAD = 0.3
 UNSAFE = [0, 1]

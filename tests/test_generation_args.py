@@ -5,7 +5,7 @@ import math
 import pytest
 from hypothesis import given, strategies as st
 
-from lib_safedenoise.generation_args import ARG_NAMES, ARGS_VERSION, GenerationArgs
+from lib_safedenoise.webui.args import ARG_NAMES, ARGS_VERSION, GenerationArgs
 
 
 def test_positions_are_the_documented_ones():

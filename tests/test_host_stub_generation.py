@@ -8,8 +8,10 @@ import json
 import pytest
 import torch
 
-from lib_safedenoise import bankfile, extension, host
-from lib_safedenoise.extension import CFG_HOOKS, INFOTEXT_ERROR_KEY, INFOTEXT_FIRED_KEY, INFOTEXT_KEY
+from lib_safedenoise.banks import fileformat
+from lib_safedenoise.webui import host, keys, server, session
+from lib_safedenoise.webui.hooks import CFG_HOOKS
+from lib_safedenoise.webui.keys import INFOTEXT_ERROR_KEY, INFOTEXT_FIRED_KEY, INFOTEXT_KEY
 from tests.host_stub import webui_fixtures as wf
 
 NEGATED = wf.NEGATED_CLASS
@@ -21,7 +23,7 @@ def webui(tmp_path):
 
 
 def report_of(response):
-    return json.loads(response["info"])["extra_generation_params"][extension.REPORT_KEY]
+    return json.loads(response["info"])["extra_generation_params"][keys.REPORT_KEY]
 
 
 def window_steps(response, image=0, pass_name="first"):
@@ -66,7 +68,7 @@ def test_default_mode_removes_the_class_with_a_reference_bank_in_the_folder(webu
     assert wf.class_share(contrasted, NEGATED) <= 0.2, (wf.class_share(alone, NEGATED),
                                                         wf.class_share(contrasted, NEGATED))
     assert wf.class_share(contrasted, NEGATED) < wf.class_share(alone, NEGATED)
-    reference_hash = bankfile.read_metadata(reference).short_hash
+    reference_hash = fileformat.read_metadata(reference).short_hash
     assert f"reference=ordinary-digits@{reference_hash}" in infotext_params(contrasted)[INFOTEXT_KEY]
     assert "reference=" not in infotext_params(alone)[INFOTEXT_KEY]
 
@@ -84,7 +86,7 @@ def test_window_is_evaluated_at_its_steps_for_each_sampler_kind(webui, sampler, 
     assert report_of(response)["prediction"] == {"first": "eps" if sampler == "DDIM" else "x0"}
     fired = fired_steps(response)
     assert fired and set(fired) <= set(expected)
-    assert infotext_params(response)[INFOTEXT_FIRED_KEY] == extension.format_steps(fired)
+    assert infotext_params(response)[INFOTEXT_FIRED_KEY] == session.format_steps(fired)
 
 
 def test_batch_count_and_size_number_images_across_batches(webui):
@@ -94,7 +96,7 @@ def test_batch_count_and_size_number_images_across_batches(webui):
     for image in range(4):
         assert window_steps(response, image) == [1, 2, 3, 4]
         assert infotext_params(response, image)[INFOTEXT_FIRED_KEY] == \
-            extension.format_steps(fired_steps(response, image))
+            session.format_steps(fired_steps(response, image))
     alone = webui.txt2img(prompt=str(NEGATED), seed=7, steps=4, cfg_scale=2.0, safe_denoiser=wf.args(window_end=1.0))
     # image 2 (batch 1, row 0) is the image of seed 5 + 2 made on its own, correction included
     torch.testing.assert_close(response["p"].latents[1][0], alone["p"].latents[0][0], atol=1e-4, rtol=1e-4)
@@ -106,8 +108,8 @@ def test_hires_pass_has_its_own_window_over_its_own_steps(webui):
     assert window_steps(response, pass_name="first") == [1, 2, 3, 4]  # i/7 <= 0.5
     assert window_steps(response, pass_name="hires") == [1, 2]  # i/3 <= 0.5
     assert response["p"].latents[0].shape[-1] == 16  # the bank was resized to the upscaled latent
-    expected = (f"{extension.format_steps(fired_steps(response))}, "
-                f"hires {extension.format_steps(fired_steps(response, pass_name='hires'))}")
+    expected = (f"{session.format_steps(fired_steps(response))}, "
+                f"hires {session.format_steps(fired_steps(response, pass_name='hires'))}")
     assert infotext_params(response)[INFOTEXT_FIRED_KEY] == expected
 
 
@@ -269,7 +271,7 @@ def test_xyz_axes_are_registered_and_override_the_accordion(webui):
 def test_bank_copies_exist_only_while_the_generation_runs(webui):
     from modules import script_callbacks
 
-    bank = host.bank_store().load(wf.BANK, space_id="digits")  # the cached object the generation uses
+    bank = server.bank_store().load(wf.BANK, space_id="digits")  # the cached object the generation uses
     during = []
     script_callbacks.on_cfg_after_cfg(lambda params: during.append(len(bank._views)))
     webui.txt2img(prompt=str(NEGATED), seed=20, steps=4, safe_denoiser=wf.args(window_end=1.0))
@@ -306,7 +308,7 @@ def test_a_generation_nested_in_another_keeps_both_corrected(webui):
                              safe_denoiser=wf.args(window_end=1.0))
     assert NestedPass.inner is not None
     assert window_steps(response, image=1) == [1, 2, 3, 4]  # the outer batch after the nested pass
-    inner_report = json.loads(NestedPass.inner.js())["extra_generation_params"][extension.REPORT_KEY]
+    inner_report = json.loads(NestedPass.inner.js())["extra_generation_params"][keys.REPORT_KEY]
     assert [s["step"] for s in inner_report["images"]["0"]["steps"]] == [1, 2, 3]
     assert host.registered_callback_count(CFG_HOOKS.on_cfg_after_cfg) == 0
 

@@ -4,10 +4,12 @@ stub's copy of the WebUI's parser rules, modules/infotext_utils.py)."""
 import pytest
 import torch
 
-from lib_safedenoise import ENGINE_VERSION, extension
-from lib_safedenoise.extension import INFOTEXT_KEY, INFOTEXT_READERS
-from lib_safedenoise.generation_args import ARG_NAMES, GenerationArgs
-from lib_safedenoise.latent_bank import LatentBank
+from lib_safedenoise import ENGINE_VERSION
+from lib_safedenoise.webui import infotext, keys, session
+from lib_safedenoise.webui.infotext import INFOTEXT_READERS
+from lib_safedenoise.webui.keys import INFOTEXT_KEY
+from lib_safedenoise.webui.args import ARG_NAMES, GenerationArgs
+from lib_safedenoise.core.latent_bank import LatentBank
 from tests import host_stub
 
 host_stub.install()
@@ -27,14 +29,14 @@ class Control:
 
 def written_infotext(args, banks, mode_name="paper"):
     """A full infotext line, quoted as modules/processing.py ``create_infotext`` does."""
-    value = extension.format_infotext(args, banks, mode_name)
+    value = infotext.format_infotext(args, banks, mode_name)
     return (f"3\nNegative prompt: 7\nSteps: 12, Sampler: Euler, CFG scale: 5, Seed: 4, Size: 64x64, "
             f"{INFOTEXT_KEY}: {infotext_utils.quote(value)}, Schedule type: Automatic")
 
 
 def test_written_value_names_concrete_mode_engine_banks_with_hashes():
     args = GenerationArgs(True, ("nsfw (v2), faces", "cats"), (1.0, 0.5), "default", 0.0, 0.0, 0.3, -1)
-    value = extension.format_infotext(args, [bank("nsfw (v2), faces"), bank("cats", "0f0e0d0c0b0a")], "paper")
+    value = infotext.format_infotext(args, [bank("nsfw (v2), faces"), bank("cats", "0f0e0d0c0b0a")], "paper")
     assert value == ("banks=nsfw (v2), faces@1a2b3c4d5e6f*1|cats@0f0e0d0c0b0a*0.5; mode=paper; "
                      f"engine={ENGINE_VERSION}; window=0-0.3; bandwidth=auto; threshold=auto")
 
@@ -43,7 +45,7 @@ def test_round_trip_through_the_webui_parser():
     args = GenerationArgs(True, ("nsfw (v2), faces", "cats"), (1.0, 0.5), "default", 2.5, 0.1, 0.3, 0.75)
     params = infotext_utils.parse_generation_parameters(written_infotext(args, [bank(n) for n in args.banks]))
     assert params["Steps"] == "12" and params["Size-1"] == "64"  # the line around ours still parses
-    pasted = extension.parse_infotext(params[INFOTEXT_KEY])
+    pasted = infotext.parse_infotext(params[INFOTEXT_KEY])
     assert pasted.args == GenerationArgs(True, args.banks, args.strengths, "paper", 2.5, 0.1, 0.3, 0.75)
     assert pasted.hashes == {"nsfw (v2), faces": "1a2b3c4d5e6f", "cats": "1a2b3c4d5e6f"}
     assert pasted.engine == ENGINE_VERSION
@@ -71,12 +73,12 @@ def test_paste_without_our_key_switches_the_toggle_off_and_leaves_the_rest():
 
 
 def test_unreadable_value_changes_nothing():
-    infotext = f'3\nSteps: 12, Sampler: Euler, Seed: 4, {INFOTEXT_KEY}: "banks=cats@-*1; window=late"'
-    assert pasted_controls(infotext, accordion()) == [infotext_utils.UNCHANGED] * len(ARG_NAMES)
+    text = f'3\nSteps: 12, Sampler: Euler, Seed: 4, {INFOTEXT_KEY}: "banks=cats@-*1; window=late"'
+    assert pasted_controls(text, accordion()) == [infotext_utils.UNCHANGED] * len(ARG_NAMES)
     with pytest.raises(ValueError, match="window"):
-        extension.parse_infotext("banks=cats@-*1; window=late")
+        infotext.parse_infotext("banks=cats@-*1; window=late")
     with pytest.raises(ValueError, match="name=value"):
-        extension.parse_infotext("banks=cats; paper")
+        infotext.parse_infotext("banks=cats; paper")
 
 
 def test_fields_are_names_for_send_to_and_readers_for_paste_and_api():
@@ -88,16 +90,16 @@ def test_fields_are_names_for_send_to_and_readers_for_paste_and_api():
 
 
 def test_keys_are_in_the_parsers_character_set():
-    for key in (INFOTEXT_KEY, extension.INFOTEXT_FIRED_KEY, extension.INFOTEXT_ERROR_KEY,
-                extension.INFOTEXT_ENFORCED_KEY, *INFOTEXT_READERS):
+    for key in (INFOTEXT_KEY, keys.INFOTEXT_FIRED_KEY, keys.INFOTEXT_ERROR_KEY,
+                keys.INFOTEXT_ENFORCED_KEY, *INFOTEXT_READERS):
         assert infotext_utils.re_param.fullmatch(f"{key}: 1")
 
 
 @pytest.mark.parametrize("steps, text", [([], "none"), ([3], "3"), ([1, 2, 3, 7, 9, 10], "1-3 7 9-10"),
                                          ([5, 4, 4], "4-5")])
 def test_fired_steps_text(steps, text):
-    assert extension.format_steps(steps) == text
-    assert extension.parse_steps(text) == sorted(set(steps))
+    assert session.format_steps(steps) == text
+    assert session.parse_steps(text) == sorted(set(steps))
 
 
 def test_report_reaches_the_api_json_but_no_infotext_built_later():
@@ -106,10 +108,10 @@ def test_report_reaches_the_api_json_but_no_infotext_built_later():
 
     from modules import processing
 
-    report = extension.ApiOnlyValue({"images": {"0": {"fired": "1-2"}}})
-    p = SimpleNamespace(extra_generation_params={extension.REPORT_KEY: report}, all_prompts=["3"], all_seeds=[1],
+    report = infotext.ApiOnlyValue({"images": {"0": {"fired": "1-2"}}})
+    p = SimpleNamespace(extra_generation_params={keys.REPORT_KEY: report}, all_prompts=["3"], all_seeds=[1],
                         batch_size=1, steps=4, sampler_name="Euler", cfg_scale=2, width=64, height=64,
                         all_negative_prompts=[""], main_prompt="3", main_negative_prompt="", prompts=["3"])
     processed = processing.Processed(p, [], seed=1, info="")
-    assert json.loads(processed.js())["extra_generation_params"][extension.REPORT_KEY] == report
-    assert extension.REPORT_KEY not in processed.infotext(p, 0)
+    assert json.loads(processed.js())["extra_generation_params"][keys.REPORT_KEY] == report
+    assert keys.REPORT_KEY not in processed.infotext(p, 0)

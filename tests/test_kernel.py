@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from lib_safedenoise.kernel import kernel_pass, log_kernel_density, unsafe_denoiser
+from lib_safedenoise.core.kernel import kernel_pass, log_kernel_density, unsafe_denoiser
 
 
 def direct(x, sigma, bank):

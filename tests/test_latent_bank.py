@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lib_safedenoise.latent_bank import LatentBank, resize_latents
+from lib_safedenoise.core.latent_bank import LatentBank, resize_latents
 
 
 def ramp(height, width, count=2, channels=4):

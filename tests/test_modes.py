@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from lib_safedenoise.engine import SafeDenoiser
-from lib_safedenoise.kernel import kernel_pass, log_kernel_density, unsafe_denoiser
-from lib_safedenoise.latent_bank import LatentBank
-from lib_safedenoise.modes import (DEFAULT_MODE, MODES, Step, channel_moments, gaussian_log_density, held_posterior,
+from lib_safedenoise.core.engine import SafeDenoiser
+from lib_safedenoise.core.kernel import kernel_pass, log_kernel_density, unsafe_denoiser
+from lib_safedenoise.core.latent_bank import LatentBank
+from lib_safedenoise.core.modes import (DEFAULT_MODE, MODES, Step, channel_moments, gaussian_log_density, held_posterior,
                                    item_spread_sq, released_calibration_noise, released_threshold, resolve_mode,
                                    channel_normalized)
 
@@ -39,7 +39,7 @@ def test_every_mode_documents_its_parameters(name):
 
 
 def test_released_windows_cover_the_released_steps_of_50():
-    from lib_safedenoise.schedule import window_steps
+    from lib_safedenoise.core.schedule import window_steps
     assert window_steps(50, MODES["reference"].window) == list(range(11))              # t in [780, 1000]
     assert window_steps(50, MODES["reference-memorization"].window) == list(range(12))  # i <= 11
     assert window_steps(50, MODES["reference-copro"].window) == list(range(10))        # t in [800, 1000]

@@ -7,10 +7,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lib_safedenoise import bankfile, presets
-from lib_safedenoise.builder import build_bank
-from lib_safedenoise.encoders import TestEncoder
-from lib_safedenoise.presets import PresetError
+from lib_safedenoise.banks import errors, fileformat, presets
+from lib_safedenoise.banks.builder import build_bank
+from lib_safedenoise.banks.encoders import TestEncoder
+from lib_safedenoise.banks.presets import PresetError
 from tests.images import write_digits
 
 SETTINGS = {"paper": {"strength": 1.0, "bandwidth": 3.15, "window_end": 0.25},
@@ -26,23 +26,23 @@ def bank(tmp_path):
 
 
 def test_bank_preset_is_one_file_carrying_card_and_settings(bank, tmp_path):
-    original = bankfile.read_metadata(bank)
+    original = fileformat.read_metadata(bank)
     dest = presets.export_preset(bank, tmp_path / "share" / "zeros-preset.safetensors", settings=SETTINGS,
                                  card=CARD)
     preset = presets.read_preset(dest)
     assert preset.kind == "bank" and preset.settings == SETTINGS
     assert preset.card == {**CARD, "author": "tests"}
     assert preset.bank_hash == original.hash_sha256 and preset.settings_for("paper")["bandwidth"] == 3.15
-    assert torch.equal(bankfile.load_bank(dest).latents, bankfile.load_bank(bank).latents)
+    assert torch.equal(fileformat.load_bank(dest).latents, fileformat.load_bank(bank).latents)
     assert "CC-BY-4.0" in presets.card_text(preset) and "keep zeros out" in presets.card_text(preset)
-    assert bankfile.read_metadata(bank).settings == {}  # exporting never edits the source
+    assert fileformat.read_metadata(bank).settings == {}  # exporting never edits the source
 
 
 def test_settings_only_preset_names_the_bank_by_hash(bank, tmp_path):
     dest = presets.export_preset(bank, tmp_path / "zeros", settings_only=True, settings=SETTINGS, card=CARD)
     assert dest.name == "zeros" + presets.PRESET_SUFFIX and dest.stat().st_size < 2000
     document = json.loads(dest.read_text())
-    assert document["bank"]["hash_sha256"] == bankfile.read_metadata(bank).hash_sha256
+    assert document["bank"]["hash_sha256"] == fileformat.read_metadata(bank).hash_sha256
     assert "latents" not in dest.read_text()
     preset = presets.read_preset(dest)
     assert preset.kind == "settings" and preset.settings == SETTINGS and preset.card["license"] == "CC-BY-4.0"
@@ -54,7 +54,7 @@ def test_tampered_bank_preset_is_refused(bank, tmp_path):
     raw = bytearray(dest.read_bytes())
     raw[-3] ^= 0x40
     dest.write_bytes(bytes(raw))
-    with pytest.raises(bankfile.BankIntegrityError):
+    with pytest.raises(errors.BankIntegrityError):
         presets.read_preset(dest)
 
 
@@ -73,7 +73,7 @@ def test_malformed_settings_presets_fail_with_reasons(bad, reason):
 
 
 def test_invalid_settings_are_refused_on_export(bank, tmp_path):
-    with pytest.raises(bankfile.BankFormatError, match="mode names"):
+    with pytest.raises(errors.BankFormatError, match="mode names"):
         presets.export_preset(bank, tmp_path / "p.safetensors", settings={"paper": [1, 2]})
     assert not (tmp_path / "p.safetensors").exists()
 

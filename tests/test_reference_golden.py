@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lib_safedenoise.engine import SafeDenoiser
-from lib_safedenoise.latent_bank import LatentBank
-from lib_safedenoise.modes import MODES, channel_normalized, released_threshold
+from lib_safedenoise.core.engine import SafeDenoiser
+from lib_safedenoise.core.latent_bank import LatentBank
+from lib_safedenoise.core.modes import MODES, channel_normalized, released_threshold
 
 GOLDEN = load_file(str(Path(__file__).parent / "golden" / "reference_kernel.safetensors"))
 SCALE, MARGIN = GOLDEN["scale_margin"].tolist()

@@ -11,8 +11,8 @@ import gradio as gr
 import pytest
 from PIL import Image
 
-from lib_safedenoise import ui
-from lib_safedenoise.generation_args import ARG_NAMES, GenerationArgs
+from lib_safedenoise.webui import ui
+from lib_safedenoise.webui.args import ARG_NAMES, GenerationArgs
 from tests.browser import ui_session
 from tests.images import write_broken, write_photos
 

@@ -6,7 +6,7 @@
 Several classes or seeds run one benchmark each and end with a table of the default mode's targets per
 run (``TARGETS``; ``--json`` then writes ``{"runs": [...], "targets": [...]}``).
 
-The model is ``lib_safedenoise.digits`` (a class-conditional latent diffusion model of scikit-learn's
+The model is ``lib_safedenoise.bench.digits`` (a class-conditional latent diffusion model of scikit-learn's
 handwritten digits); an independent classifier judges the samples. Scenarios, every method on the same
 seeds and counts:
 
@@ -43,9 +43,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import digits
-from ..digits.sampling import AfterCFG, AfterCFGEps
-from ..latent_bank import LatentBank
+from lib_safedenoise.bench import digits
+from lib_safedenoise.bench.digits.sampling import AfterCFG, AfterCFGEps
+from lib_safedenoise.core.latent_bank import LatentBank
 
 REQUIRED_METRICS = ("negated_rate", "collateral_accuracy_drop_pts", "collateral_fid_increase_pct",
                     "unconditional_share", "memorised_rate", "seconds_per_sample")
@@ -98,8 +98,8 @@ def engine_method(name: str, mode: str, summary: str, *, use_reference: bool = T
     task's reference bank when the mode takes one and ``use_reference`` is set."""
 
     def build(task: NegationTask) -> Intervention:
-        from ..engine import SafeDenoiser
-        from ..modes import takes_reference
+        from lib_safedenoise.core.engine import SafeDenoiser
+        from lib_safedenoise.core.modes import takes_reference
 
         reference = task.reference if use_reference and takes_reference(mode) else None
         engine = SafeDenoiser([(task.bank, 1.0)], mode=mode, reference=reference, **settings)

@@ -28,10 +28,10 @@ import time
 
 import torch
 
-from .. import ENGINE_VERSION
-from ..engine import SafeDenoiser
-from ..latent_bank import LatentBank
-from ..modes import DEFAULT_MODE, MODES
+from lib_safedenoise import ENGINE_VERSION
+from lib_safedenoise.core.engine import SafeDenoiser
+from lib_safedenoise.core.latent_bank import LatentBank
+from lib_safedenoise.core.modes import DEFAULT_MODE, MODES
 
 SHAPES = ((4, 64, 64), (4, 128, 128), (16, 128, 128))
 BANK_SIZES = (515, 3000)
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"engine_version": ENGINE_VERSION, "default_mode": DEFAULT_MODE, "torch": torch.__version__,
               "threads": torch.get_num_threads(), "machine": platform.machine(), "device": "cpu",
               "cases": cases}
-    from .. import builder
+    from lib_safedenoise.banks import builder
     if hasattr(builder, "measure_build_throughput"):
         result["bank_build"] = builder.measure_build_throughput(**({"images": 8} if args.quick else {}))
     print(table(cases))

@@ -4,7 +4,7 @@ does (the WebUI patches ``gradio.routes.templates.TemplateResponse`` to add ever
 ``javascript/*.js`` before ``</head>`` and its ``style.css`` before ``</body>``).
 
 "Generate" stands in for a txt2img run: it parses the script arguments the accordion hands over, records a
-report as ``extension.end_generation`` does, and rewrites ``#html_info_txt2img`` as the WebUI does at the
+report as ``hooks.end_generation`` does, and rewrites ``#html_info_txt2img`` as the WebUI does at the
 end of a run.
 """
 
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from lib_safedenoise import extension, ui
-from lib_safedenoise.generation_args import GenerationArgs
+from lib_safedenoise.webui import session, ui
+from lib_safedenoise.webui.args import GenerationArgs
 
 REPO = Path(__file__).resolve().parents[2]
 PAGE_SCRIPTS = [Path(__file__).with_name("webui_page.js"), *sorted((REPO / "javascript").glob("*.js"))]
@@ -47,7 +47,7 @@ def fake_generation(report: dict):
         args = GenerationArgs.from_script_args(script_args)
         runs.append(args)
         if args.enabled:
-            extension.remember_report(report)
+            session.remember_report(report)
         info = f"<p>run {len(runs)}: {prompt}</p><p>Safe Denoiser: {'on' if args.enabled else 'off'}</p>"
         return json.dumps({"run": len(runs), "args": args.to_script_args()}), info
     return generate

@@ -1,7 +1,7 @@
 """A WebUI session on the host stub for the UI, tab and API-route tests.
 
 Settings and launch flags are the stub's ``shared.opts`` / ``shared.cmd_opts``, read through the real
-``lib_safedenoise.host``; the bank folder is a real folder of real bank files. Only the encoder differs
+``lib_safedenoise.webui.host``; the bank folder is a real folder of real bank files. Only the encoder differs
 from the WebUI's: the stub has no VAE, so banks are encoded by the builder's deterministic
 ``TestEncoder`` (latent space ``test``), under a real lock standing in for the WebUI's queue lock.
 """
@@ -38,16 +38,16 @@ def start(tmp_path: Path, *, enforce: str | None = None, enforced_setting=(), hi
           disable_extension_access: bool = False, api_auth: str | None = None, default_enabled: bool = False,
           default_banks=(), last_report: dict | None = None) -> UiSession:
     host_stub.configure(forge=False)
-    from lib_safedenoise import extension, host
-    from lib_safedenoise.api import Backend
-    from lib_safedenoise.encoders import TestEncoder
+    from lib_safedenoise.webui import keys, server, session
+    from lib_safedenoise.webui.api import Backend
+    from lib_safedenoise.banks.encoders import TestEncoder
     from modules import options, shared
 
     bank_dir = Path(tmp_path) / "banks"
     bank_dir.mkdir(parents=True, exist_ok=True)
-    settings = {extension.SETTING_BANK_DIR: str(bank_dir), extension.SETTING_DEFAULT_ENABLED: default_enabled,
-                extension.SETTING_DEFAULT_BANKS: list(default_banks),
-                extension.SETTING_ENFORCED_BANKS: list(enforced_setting), extension.SETTING_HIDE_PREVIEWS: False}
+    settings = {keys.SETTING_BANK_DIR: str(bank_dir), keys.SETTING_DEFAULT_ENABLED: default_enabled,
+                keys.SETTING_DEFAULT_BANKS: list(default_banks),
+                keys.SETTING_ENFORCED_BANKS: list(enforced_setting), keys.SETTING_HIDE_PREVIEWS: False}
     for key, value in settings.items():
         shared.opts.add_option(key, options.OptionInfo(value, key))
         shared.opts.data[key] = value
@@ -56,11 +56,11 @@ def start(tmp_path: Path, *, enforce: str | None = None, enforced_setting=(), hi
     shared.cmd_opts.disable_extension_access = disable_extension_access
     shared.cmd_opts.api_auth = api_auth
     shared.sd_model = None
-    extension.remember_report(last_report or {})
+    session.remember_report(last_report or {})
     lock = threading.Lock()
     backend = dataclasses.replace(Backend.from_host(), encoder=lambda: TestEncoder(ENCODER_RESOLUTION),
                                   gpu_lock=lambda: lock)
-    assert host.bank_store().folder == bank_dir
+    assert server.bank_store().folder == bank_dir
     return UiSession(backend, bank_dir, lock, shared)
 
 

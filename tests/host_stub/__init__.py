@@ -27,7 +27,7 @@ def install() -> None:
 
 
 def configure(*, forge: bool) -> None:
-    """Behave as A1111 (``forge=False``) or as Forge; also what ``lib_safedenoise.host`` detects."""
+    """Behave as A1111 (``forge=False``) or as Forge; also what ``lib_safedenoise.webui.host`` detects."""
     install()
     from modules import shared
 
@@ -38,6 +38,6 @@ def configure(*, forge: bool) -> None:
         sys.modules["modules_forge"] = package
     else:
         sys.modules.pop("modules_forge", None)
-    from lib_safedenoise import host
+    from lib_safedenoise.webui import host
 
     host.host_kind.cache_clear()

@@ -18,19 +18,19 @@ class StubWebUI:
     def __init__(self, sd_model, bank_dir: Path, *, forge: bool = False, enforce: str | None = None, app=None):
         """``app``: the WebUI's FastAPI app handed to ``on_app_started`` (default: one without routes)."""
         host_stub.configure(forge=forge)
-        from lib_safedenoise import extension
+        from lib_safedenoise.webui import keys
         from modules import errors, options, scripts, shared
 
         shared.sd_model = sd_model
         shared.cmd_opts.safe_denoiser_enforce = enforce
-        for key, default in ((extension.SETTING_BANK_DIR, ""), (extension.SETTING_ENFORCED_BANKS, []),
-                             (extension.SETTING_HIDE_PREVIEWS, False), (extension.SETTING_DEFAULT_ENABLED, False),
-                             (extension.SETTING_DEFAULT_BANKS, [])):
+        for key, default in ((keys.SETTING_BANK_DIR, ""), (keys.SETTING_ENFORCED_BANKS, []),
+                             (keys.SETTING_HIDE_PREVIEWS, False), (keys.SETTING_DEFAULT_ENABLED, False),
+                             (keys.SETTING_DEFAULT_BANKS, [])):
             shared.opts.add_option(key, options.OptionInfo(default, key))
             shared.opts.data[key] = default
         for key in ("disabled_extensions", "disable_all_extensions"):
             shared.opts.data_labels[key].restrict_api = False
-        shared.opts.data[extension.SETTING_BANK_DIR] = str(bank_dir)
+        shared.opts.data[keys.SETTING_BANK_DIR] = str(bank_dir)
         shared.opts.data["live_previews_enable"] = True
         shared.opts.data["skip_early_cond"] = 0.0
         errors.recorded.clear()

@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lib_safedenoise import bankfile
-from lib_safedenoise.digits import data, latents
-from lib_safedenoise.generation_args import GenerationArgs
+from lib_safedenoise.banks import fileformat, metadata, spaces
+from lib_safedenoise.bench.digits import data, latents
+from lib_safedenoise.webui.args import GenerationArgs
 from tests.host_stub.harness import StubWebUI
 
 NEGATED_CLASS = 3
@@ -20,7 +20,7 @@ BANK = "digit-3"
 
 @functools.lru_cache(maxsize=1)
 def _checkpoint():
-    from lib_safedenoise import digits
+    from lib_safedenoise.bench import digits
 
     return digits.load_model().eval(), digits.load_evaluator().eval()
 
@@ -46,10 +46,10 @@ def ordinary_latents() -> torch.Tensor:
 def write_bank(folder: Path, name: str, *, digit: int = NEGATED_CLASS, space: str = "digits",
                bank: torch.Tensor | None = None, role: str = "negation") -> Path:
     bank = heldout_latents(digit) if bank is None else bank
-    meta = bankfile.new_metadata(title=name, count=bank.shape[0], shape=tuple(bank.shape[1:]),
-                                 space=bankfile.latent_space(space), role=role)
-    path = Path(folder) / f"{name}{bankfile.BANK_SUFFIX}"
-    bankfile.save_bank(path, meta, bank.half())
+    meta = metadata.new_metadata(title=name, count=bank.shape[0], shape=tuple(bank.shape[1:]),
+                                 space=spaces.latent_space(space), role=role)
+    path = Path(folder) / f"{name}{fileformat.BANK_SUFFIX}"
+    fileformat.save_bank(path, meta, bank.half())
     return path
 
 

@@ -3,6 +3,7 @@
 Skipped, with the reason, unless ``SD_WEBUI_DIR`` and ``SD_WEBUI_PYTHON`` are set. One WebUI process runs at a
 time (each holds the full SD1 UNet in fp32, 5-7 GB): ``webui`` is the default server, ``WebUIPool.start`` restarts
 with other flags or settings when a test needs them. Every server is stopped when its test session ends.
+The host (AUTOMATIC1111, Forge or reForge) is told apart from its source tree and named in the session header.
 """
 
 from __future__ import annotations
@@ -25,9 +26,25 @@ REFERENCE_REQUESTS = {
 }
 
 
+def pytest_report_header(config):
+    """Which host the suite runs against, at start-up: AUTOMATIC1111, Forge or reForge, with its commit."""
+    found = WebUIConfig.from_environment()
+    if isinstance(found, str):
+        return f"real WebUI: none ({found})"
+    return [f"real WebUI: {found.describe()}",
+            f"  host kind: {found.kind}; python {found.python}; checkpoint {found.ckpt or 'the empty test one'}; "
+            f"HF_HOME {found.hf_home or 'unset'}"]
+
+
+def _run_order(item) -> int:
+    """Tests on a server that has not generated yet run first; those on the enforcing server last, so the
+    default server starts only once."""
+    fixtures = getattr(item, "fixturenames", ())
+    return 0 if "cold_webui" in fixtures else 2 if "enforced_webui" in fixtures else 1
+
+
 def pytest_collection_modifyitems(items):
-    """Tests on the enforcing server run last, so the default server starts only once."""
-    items.sort(key=lambda item: "enforced_webui" in getattr(item, "fixturenames", ()))
+    items.sort(key=_run_order)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -50,23 +67,33 @@ class WebUIPool:
         self._key = None
         self.fresh_references: dict[str, Generation] = {}
 
-    def start(self, extra_args: tuple[str, ...] = (), settings: dict | None = None) -> WebUIServer:
+    def start(self, extra_args: tuple[str, ...] = (), settings: dict | None = None, *,
+              warm_up: bool = True) -> WebUIServer:
+        """The running server if its flags and settings are these, else a new one. ``warm_up=False``: a server
+        that has not generated anything yet (Forge: its checkpoint not loaded) and no reference images yet."""
         key = (tuple(extra_args), json.dumps(settings or {}, sort_keys=True))
-        if self.server is not None and self._key == key and self.server.process.poll() is None:
-            return self.server
-        self.stop()
-        config_file = self.data_dir / "config.json"
-        if settings:
-            config_file.write_text(json.dumps(settings))
-        else:
-            config_file.unlink(missing_ok=True)
-        server = WebUIServer(self.config, self.data_dir, extra_args)
-        server.start()  # stops what it started if it fails
-        self.server, self._key = server, key
-        if not self.fresh_references and not extra_args and not settings:
+        running = self.server is not None and self._key == key and self.server.process.poll() is None
+        if not (running and (warm_up or self.server.generations == 0)):
+            self.stop()
+            config_file = self.data_dir / "config.json"
+            if settings:
+                config_file.write_text(json.dumps(settings))
+            else:
+                config_file.unlink(missing_ok=True)
+            server = WebUIServer(self.config, self.data_dir, extra_args, warm_up=warm_up)
+            server.start()  # stops what it started if it fails
+            self.server, self._key = server, key
+        if warm_up and not self.fresh_references and not extra_args and not settings:
             self.fresh_references = {name: self.server.txt2img(**request)
                                      for name, request in REFERENCE_REQUESTS.items()}
         return self.server
+
+    def unprotected_reference(self, name: str = "Euler a") -> Generation:
+        """The image the default server gave for ``REFERENCE_REQUESTS[name]`` with the extension off (starting
+        that server first if no test has yet)."""
+        if name not in self.fresh_references:
+            self.start()
+        return self.fresh_references[name]
 
     def stop(self) -> None:
         if self.server is not None:
@@ -104,6 +131,13 @@ def webui_pool(webui_config, webui_data_dir):
 def webui(webui_pool) -> WebUIServer:
     """The default server: test-mode flags (plus ``--ckpt $SD_WEBUI_CKPT``), no extra settings."""
     return webui_pool.start()
+
+
+@pytest.fixture
+def cold_webui(webui_pool) -> WebUIServer:
+    """The default server before any generation (no warm-up; Forge has not loaded its checkpoint yet). Tests
+    using it run first, so it is the session's first server and is then reused as ``webui``."""
+    return webui_pool.start(warm_up=False)
 
 
 @pytest.fixture

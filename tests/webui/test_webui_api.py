@@ -11,8 +11,8 @@ from webui_server import (ALWAYS_FIRING_MODE, REPO_ROOT, SCRIPT_API_NAME, SCRIPT
                           expected_fired_steps, script_args)
 
 sys.path.insert(0, str(REPO_ROOT))
-from lib_safedenoise import extension  # noqa: E402
-from lib_safedenoise.generation_args import ARG_NAMES, GenerationArgs  # noqa: E402
+from lib_safedenoise.webui import infotext, keys  # noqa: E402
+from lib_safedenoise.webui.args import ARG_NAMES, GenerationArgs  # noqa: E402
 
 pytestmark = pytest.mark.webui
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.webui
 def ours(webui, infotext: str) -> dict:
     """Our keys of an infotext, as the WebUI's own parser reads them."""
     parsed = webui.parse_infotext(infotext)
-    found = {key: value for key, value in parsed.items() if key.startswith(extension.INFOTEXT_KEY)}
+    found = {key: value for key, value in parsed.items() if key.startswith(keys.INFOTEXT_KEY)}
     assert found, f"no Safe Denoiser key in the infotext: {infotext}"
     return found
 
@@ -41,8 +41,8 @@ def test_args_reach_the_script_in_the_documented_order(webui):
     sent = GenerationArgs.from_script_args([True, [SD1_BANK], "0.5", "paper", 2.5, 0.25, 0.75, 0.125])
     result = webui.txt2img(alwayson_scripts={SCRIPT_TITLE: {"args": sent.to_script_args()}})
     found = ours(webui, result.infotexts[0])
-    assert extension.INFOTEXT_ERROR_KEY not in found, found
-    restored = extension.parse_infotext(found[extension.INFOTEXT_KEY])
+    assert keys.INFOTEXT_ERROR_KEY not in found, found
+    restored = infotext.parse_infotext(found[keys.INFOTEXT_KEY])
     assert restored.args == sent
     assert SD1_BANK in restored.hashes
 
@@ -53,9 +53,9 @@ def test_infotext_and_report_of_a_corrected_image(webui):
     result = webui.txt2img(alwayson_scripts=script_args(banks=[SD1_BANK], window_start=window[0],
                                                         window_end=window[1]))
     parsed = webui.parse_infotext(result.infotexts[0])
-    assert parsed[extension.INFOTEXT_FIRED_KEY] == "2-3", result.infotexts[0]
-    assert parsed[extension.INFOTEXT_KEY].startswith(f"banks={SD1_BANK}@")
-    assert f"mode={ALWAYS_FIRING_MODE}" in parsed[extension.INFOTEXT_KEY]
+    assert parsed[keys.INFOTEXT_FIRED_KEY] == "2-3", result.infotexts[0]
+    assert parsed[keys.INFOTEXT_KEY].startswith(f"banks={SD1_BANK}@")
+    assert f"mode={ALWAYS_FIRING_MODE}" in parsed[keys.INFOTEXT_KEY]
     assert parsed["Steps"] == "3" and parsed["Seed"] == "1234"  # the WebUI's own keys still parse around ours
     report = result.report
     assert report is not None, f"no report in info.extra_generation_params: {result.info}"
@@ -80,7 +80,7 @@ def test_pasted_infotext_restores_the_settings_through_the_api(webui):
 
 def test_extension_off_adds_nothing(webui, webui_pool):
     result = webui.txt2img(alwayson_scripts=script_args(enabled=False, banks=[SD1_BANK]))
-    assert extension.INFOTEXT_KEY not in result.infotexts[0]
+    assert keys.INFOTEXT_KEY not in result.infotexts[0]
     assert result.report is None
     np.testing.assert_array_equal(result.images[0], webui_pool.fresh_references["Euler a"].images[0])
 
@@ -89,16 +89,16 @@ def test_wrong_latent_family_bank_gives_clear_error_and_generation_completes(web
     result = webui.txt2img(alwayson_scripts=script_args(banks=[WRONG_FAMILY_BANK]))
     assert len(result.images) == 1
     found = ours(webui, result.infotexts[0])
-    error = found.get(extension.INFOTEXT_ERROR_KEY, "")
+    error = found.get(keys.INFOTEXT_ERROR_KEY, "")
     assert WRONG_FAMILY_BANK in error and "sdxl" in error.lower() and "sd1" in error.lower(), found
-    assert extension.INFOTEXT_FIRED_KEY not in found
+    assert keys.INFOTEXT_FIRED_KEY not in found
     np.testing.assert_array_equal(result.images[0], webui_pool.fresh_references["Euler a"].images[0])
 
 
 def test_bad_argument_is_reported_and_generation_completes(webui, webui_pool):
     result = webui.txt2img(alwayson_scripts=script_args(banks=[SD1_BANK], window_start=0.9, window_end=0.1))
     found = ours(webui, result.infotexts[0])
-    assert "window_start <= window_end" in found.get(extension.INFOTEXT_ERROR_KEY, ""), found
+    assert "window_start <= window_end" in found.get(keys.INFOTEXT_ERROR_KEY, ""), found
     np.testing.assert_array_equal(result.images[0], webui_pool.fresh_references["Euler a"].images[0])
 
 

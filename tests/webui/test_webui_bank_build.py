@@ -13,8 +13,8 @@ import pytest
 from webui_server import REPO_ROOT, encode_image, script_args
 
 sys.path.insert(0, str(REPO_ROOT))
-from lib_safedenoise import bankfile  # noqa: E402
-from lib_safedenoise.api import ROUTE_PREFIX  # noqa: E402
+from lib_safedenoise.banks import fileformat  # noqa: E402
+from lib_safedenoise.webui.api import ROUTE_PREFIX  # noqa: E402
 
 pytestmark = pytest.mark.webui
 
@@ -36,15 +36,37 @@ def build(webui, name: str, images: list[dict]) -> dict:
 def test_bank_built_from_uploads_with_the_real_vae(webui, webui_config):
     build(webui, BUILT_BANK, uploads(2))
     path = webui.bank_dir / f"{BUILT_BANK}.safetensors"
-    meta = bankfile.read_metadata(path)
+    meta = fileformat.read_metadata(path)
     assert meta.latent_space == "sd1" and meta.count == 2 and meta.channels == 4
     listed = {bank["name"]: bank for bank in webui.get(f"{ROUTE_PREFIX}/banks")}
     assert listed[BUILT_BANK]["compatible"] is True
-    latents = bankfile.load_bank(path).latents.float()
+    latents = fileformat.load_bank(path).latents.float()
     if webui_config.ckpt is not None:  # the empty checkpoint's zero VAE encodes everything to zeros
         assert latents.std() > 0 and not np.allclose(latents[0].numpy(), latents[1].numpy())
     result = webui.txt2img(alwayson_scripts=script_args(banks=[BUILT_BANK], window_end=0.5))
     assert result.report["problems"] == [] and result.report["images"]["0"]["fired"] == "1-2"
+
+
+def test_bank_build_before_any_generation(cold_webui):
+    """Right after a start, before anything generated (Forge loads its checkpoint lazily, on the first
+    generation): a build either works, with the checkpoint's real VAE, or answers with a clear message. Never a
+    500 from reaching into a model that is not loaded yet (Forge's ``FakeInitialModel`` has no
+    ``get_first_stage_encoding``). The suite's other servers warm up first, which would hide this."""
+    assert cold_webui.generations == 0, "this test must meet a server that has not generated anything yet"
+    name = BUILT_BANK + "-cold"
+    response = cold_webui.post(f"{ROUTE_PREFIX}/banks", {"name": name, "images": uploads(2), "overwrite": True})
+    text = response.text
+    assert response.status_code != 500 and "has no attribute" not in text and "FakeInitialModel" not in text, text
+    if response.status_code == 200:
+        meta = fileformat.read_metadata(cold_webui.bank_dir / f"{name}.safetensors")
+        assert meta.latent_space == "sd1" and meta.count == 2, meta
+    else:
+        assert response.status_code in (400, 409, 503), text
+        detail = response.json()["detail"]
+        message = detail["error"] if isinstance(detail, dict) else str(detail)
+        assert any(word in message.lower() for word in ("checkpoint", "model")), message
+    # the server still generates afterwards
+    assert cold_webui.txt2img().images
 
 
 def test_bank_build_waits_for_the_generation_holding_the_queue_lock(webui):

@@ -1,4 +1,4 @@
-"""A real WebUI (AUTOMATIC1111 v1.10.x or Forge) started for the integration suite, and its HTTP API.
+"""A real WebUI (AUTOMATIC1111 v1.10.x, Forge or reForge) started for the integration suite, and its HTTP API.
 
 The server runs from ``SD_WEBUI_DIR`` with ``SD_WEBUI_PYTHON`` on a free loopback port. Everything it writes
 (``config.json``, ``ui-config.json``, ``params.txt``, outputs, the bank folder, our extension's link) goes into a
@@ -34,11 +34,13 @@ SCRIPT_API_NAME = SCRIPT_TITLE.lower()  # /sdapi/v1/scripts lists titles lowerca
 START_TIMEOUT_S = float(os.environ.get("SD_WEBUI_START_TIMEOUT", "300"))
 REQUEST_TIMEOUT_S = 600.0
 
-A1111, FORGE = "a1111", "forge"
 SD1_BANK, WRONG_FAMILY_BANK = "webui-suite-sd1", "webui-suite-sdxl"
 
+import webui_hosts  # noqa: E402
+from webui_hosts import A1111, FORGE, HOST_NAMES, REFORGE  # noqa: E402,F401
+
 sys.path.insert(0, str(REPO_ROOT))  # tests/webui is on sys.path, the repository root is not
-from lib_safedenoise import bankfile  # noqa: E402
+from lib_safedenoise.banks import fileformat, metadata, spaces  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,15 @@ class WebUIConfig:
 
     @property
     def kind(self) -> str:
-        return FORGE if (self.root / "modules_forge").is_dir() else A1111
+        """``a1111``, ``forge`` or ``reforge`` (webui_hosts.detect_kind)."""
+        return webui_hosts.detect_kind(self.root)
+
+    @property
+    def host_name(self) -> str:
+        return HOST_NAMES[self.kind]
+
+    def describe(self) -> str:
+        return webui_hosts.describe(self.root)
 
     @classmethod
     def from_environment(cls) -> "WebUIConfig | str":
@@ -69,8 +79,13 @@ class WebUIConfig:
             return f"SD_WEBUI_PYTHON={python} does not exist"
         if config.ckpt is not None and not config.ckpt.is_file():
             return f"SD_WEBUI_CKPT={config.ckpt} does not exist"
-        if config.kind == FORGE and config.ckpt is None:
-            return "Forge has no empty test checkpoint: set SD_WEBUI_CKPT to a real (e.g. random-weights) one"
+        if config.kind != A1111 and config.ckpt is None:
+            return (f"{config.host_name} has no empty test checkpoint: set SD_WEBUI_CKPT to a real (e.g. "
+                    "random-weights) one")
+        if config.kind == A1111 and config.hf_home is None:
+            return ("the AUTOMATIC1111 WebUI loads the openai/clip-vit-large-patch14 tokenizer from the Hugging Face "
+                    "cache even with --do-not-download-clip: set SD_WEBUI_HF_HOME to an offline cache "
+                    "(tests/webui/harness/make_hf_cache.py)")
         return config
 
 
@@ -103,6 +118,11 @@ class Generation:
     info: dict
     raw: dict = field(repr=False)
 
+    @classmethod
+    def from_response(cls, response: httpx.Response) -> "Generation":
+        raw = response.json()
+        return cls([decode_image(b64) for b64 in raw["images"]], json.loads(raw["info"]), raw)
+
     @property
     def infotexts(self) -> list[str]:
         return self.info["infotexts"]
@@ -115,10 +135,15 @@ class Generation:
 class WebUIServer:
     """One WebUI process with our working tree linked in as an extension."""
 
-    def __init__(self, config: WebUIConfig, data_dir: Path, extra_args: tuple[str, ...] = ()):
+    def __init__(self, config: WebUIConfig, data_dir: Path, extra_args: tuple[str, ...] = (), *,
+                 warm_up: bool = True):
         self.config = config
         self.data_dir = data_dir
         self.extra_args = tuple(extra_args)
+        # Forge loads the checkpoint lazily, on the first generation; a warm-up generation loads it before the
+        # tests run. ``warm_up=False`` leaves it unloaded: what a user's first action meets after a start.
+        self.warm_up = warm_up
+        self.generations = 0  # generation requests this server answered (the warm-up included)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = data_dir / f"webui-{self.port}.log"
@@ -139,35 +164,22 @@ class WebUIServer:
         return self.data_dir / "models" / "safe-denoiser"
 
     def environment(self) -> dict[str, str]:
-        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-                   HF_HUB_DISABLE_TELEMETRY="1", GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
-        if self.config.hf_home is not None:
-            env.update(HF_HOME=str(self.config.hf_home), HF_HUB_CACHE=str(self.config.hf_home / "hub"),
-                       HUGGINGFACE_HUB_CACHE=str(self.config.hf_home / "hub"))
-        for name in ("SD_WEBUI_DIR", "SD_WEBUI_PYTHON", "SD_WEBUI_CKPT", "SD_WEBUI_ARGS", "VIRTUAL_ENV",
-                     "PYTHONPATH", "PYTEST_ADDOPTS", "PYTEST_CURRENT_TEST"):
+        env = webui_hosts.offline_environment(self.config.hf_home)
+        for name in ("SD_WEBUI_DIR", "SD_WEBUI_PYTHON", "SD_WEBUI_CKPT", "SD_WEBUI_ARGS", "SD_WEBUI_HF_HOME"):
             env.pop(name, None)
         return env
 
     def host_flags(self) -> list[str]:
-        """The device flags; Forge's backend (backend/args.py, read on import) needs ``--always-cpu`` in any
-        process that imports ``modules.shared``, or it looks for a CUDA device."""
-        if self.config.kind == FORGE:
-            return ["--always-cpu", "--skip-python-version-check"]
-        return ["--test-server", "--no-half", "--disable-opt-split-attention", "--use-cpu", "all"]
+        """The device flags; the backends of Forge (backend/args.py) and reForge
+        (ldm_patched/modules/args_parser.py) pick the device on import and need ``--always-cpu`` in any process
+        that imports ``modules.shared``, or they look for a CUDA device."""
+        return list(webui_hosts.DEVICE_FLAGS[self.config.kind])
 
     def command(self) -> list[str]:
-        common = ["launch.py", "--skip-prepare-environment", "--skip-torch-cuda-test", "--skip-version-check",
-                  "--do-not-download-clip", "--no-download-sd-model", "--api", "--api-server-stop",
-                  "--port", str(self.port), "--data-dir", str(self.data_dir)]
-        # No --server-name: gradio binds 127.0.0.1 by default, and any --server-name makes the WebUI treat the
-        # server as reachable from other machines (cmd_opts.disable_extension_access), which the bank API obeys.
-        ckpt = ["--ckpt", str(self.config.ckpt)] if self.config.ckpt is not None else []
-        # Forge's gradio 4 serves ``file=`` paths only from its allowed paths, by default just the data dir
-        # (modules/cmd_args.py --gradio-allowed-path): its own script.js and javascript/ sit in the root.
-        served = ["--gradio-allowed-path", str(self.config.root)] if self.config.kind == FORGE else []
-        return [str(self.config.python), *common, *self.host_flags(), *served, *ckpt, *self.config.extra_args,
-                *self.extra_args]
+        """The full launch command (webui_hosts.launch_command) plus ``SD_WEBUI_ARGS`` and this server's flags."""
+        return webui_hosts.launch_command(self.config.python, self.config.root, port=self.port,
+                                          data_dir=self.data_dir, ckpt=self.config.ckpt,
+                                          extra_args=(*self.config.extra_args, *self.extra_args))
 
     # ------------------------------------------------------------------ life cycle
 
@@ -189,11 +201,10 @@ class WebUIServer:
 
     def _wait_until_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
-        marker = "Startup time" if self.config.kind == FORGE else "Model loaded"
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the WebUI exited with {self.process.returncode} while starting:\n{self.log_tail()}")
-            if marker in self.log():
+            if webui_hosts.is_ready_log(self.config.kind, self.log()):
                 try:
                     if self.client.get("/sdapi/v1/sd-models", timeout=5).status_code == 200:
                         break
@@ -202,7 +213,7 @@ class WebUIServer:
             time.sleep(1)
         else:
             raise RuntimeError(f"the WebUI was not ready after {START_TIMEOUT_S:.0f} s:\n{self.log_tail()}")
-        if self.config.kind == FORGE:  # Forge loads the model on the first generation
+        if self.warm_up and webui_hosts.LOADS_MODEL_LAZILY[self.config.kind]:
             self.txt2img(steps=1)
 
     def stop(self) -> None:
@@ -210,7 +221,7 @@ class WebUIServer:
         remove what the run added to the WebUI root and the data dir's extensions folder."""
         try:
             if self.process is not None and self.process.poll() is None:
-                route = "/sdapi/v1/server-kill" if self.config.kind == FORGE else "/sdapi/v1/server-stop"
+                route = webui_hosts.STOP_ROUTES[self.config.kind]
                 try:
                     self.client.post(route, timeout=5)
                 except httpx.HTTPError:
@@ -264,12 +275,16 @@ class WebUIServer:
         return self.client.post(route, json=payload)
 
     def generate(self, route: str, payload: dict) -> Generation:
-        response = self.post(route, payload)
+        response = self.generate_response(route, payload)
         if response.status_code != 200:
             raise AssertionError(f"{route} answered {response.status_code}: {response.text[:2000]}\n"
                                  f"--- server log ---\n{self.log_tail()}")
-        raw = response.json()
-        return Generation([decode_image(b64) for b64 in raw["images"]], json.loads(raw["info"]), raw)
+        return Generation.from_response(response)
+
+    def generate_response(self, route: str, payload: dict) -> httpx.Response:
+        """The raw answer, whatever its status (for requests that may rightly fail)."""
+        self.generations += 1
+        return self.post(route, payload)
 
     def txt2img(self, **payload) -> Generation:
         return self.generate("/sdapi/v1/txt2img", base_payload(payload))
@@ -300,12 +315,18 @@ class WebUIServer:
 # answers ``PARSED=<json>`` on its own copy of stdout (anything the WebUI prints goes to stderr). Options are
 # initialised as the server's are (``shared_init.initialize`` with the same data dir and device flags, then the
 # server's values), since the parser reads some of them (Forge: ``sd_model_checkpoint``).
+# reForge: ldm_patched/modules/args_parser.py parses an empty argument list when imported (only webui.py's
+# modules_forge.initialization.initialize_forge re-reads sys.argv), so without the re-parse here its model
+# management never sees --always-cpu and dies with "Found no NVIDIA driver".
 PARSER_LOOP = """
 import json, os, sys
 answers = os.fdopen(os.dup(1), 'w')
 os.dup2(2, 1)
 sys.path.insert(0, '.')
 sys.argv = ['webui-suite-parser', *sys.argv[1:]]
+if os.path.isfile(os.path.join('ldm_patched', 'modules', 'args_parser.py')):
+    from ldm_patched.modules import args_parser
+    args_parser.args, _ = args_parser.parser.parse_known_args()
 from modules import shared, shared_init
 shared_init.initialize()
 shared.opts.data.update(json.loads(sys.stdin.readline()))
@@ -342,13 +363,17 @@ def expected_fired_steps(steps: int, window: tuple[float, float]) -> list[int]:
     return [i + 1 for i in range(steps) if window[0] <= (i / (steps - 1) if steps > 1 else 0.0) <= window[1]]
 
 
-def write_bank(folder: Path, name: str, space_id: str, count: int = 6, seed: int = 7) -> Path:
-    """A bank of seeded random 4x8x8 latents declared to be in ``space_id`` (written with our own writer)."""
-    space = bankfile.latent_space(space_id)
-    generator = torch.Generator().manual_seed(seed)
-    latents = torch.randn(count, space.channels, 8, 8, generator=generator).half()
+def write_bank(folder: Path, name: str, space_id: str, count: int = 6, seed: int = 7, *, role: str = "negation",
+               latents: torch.Tensor | None = None) -> Path:
+    """A bank of seeded random 4x8x8 latents (or ``latents``) declared to be in ``space_id`` (written with our own
+    writer, which stores what it is given: NaN latents too)."""
+    space = spaces.latent_space(space_id)
+    if latents is None:
+        generator = torch.Generator().manual_seed(seed)
+        latents = torch.randn(count, space.channels, 8, 8, generator=generator).half()
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / (name + bankfile.BANK_SUFFIX)
-    meta = bankfile.new_metadata(title=name, count=count, shape=(space.channels, 8, 8), space=space)
-    bankfile.save_bank(path, meta, latents)
+    path = folder / (name + fileformat.BANK_SUFFIX)
+    meta = metadata.new_metadata(title=name, count=latents.shape[0], shape=tuple(latents.shape[1:]), space=space,
+                                 role=role)
+    fileformat.save_bank(path, meta, latents)
     return path

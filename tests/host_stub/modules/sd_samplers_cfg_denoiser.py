@@ -154,7 +154,7 @@ class CFGDenoiser(torch.nn.Module):
     def _denoised_ve(self, x_in, sigma_in, cond_in):
         """x0 from a VE input (x = x0 + sigma * eps), as Forge's predictor computes it for every sampler."""
         if self._forge_wrap is None:
-            from lib_safedenoise import kdiffusion
+            from lib_safedenoise.bench import kdiffusion
 
             self._forge_wrap = kdiffusion.external().CompVisDenoiser(shared.sd_model)
         return self._forge_wrap(x_in, sigma_in, cond=cond_in)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from lib_safedenoise import kdiffusion
+from lib_safedenoise.bench import kdiffusion
 from modules import sd_samplers_cfg_denoiser, sd_samplers_common, shared
 
 samplers_k_diffusion = [

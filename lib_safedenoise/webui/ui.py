@@ -18,14 +18,15 @@ from typing import Any, Sequence
 
 import gradio as gr
 
-from lib_safedenoise import modes
-from lib_safedenoise.api import Backend, BankService, CARD_FIELDS
-from lib_safedenoise.latent_bank import ROLES
-from lib_safedenoise.bankfile import BankError
-from lib_safedenoise.builder import BuildReport
-from lib_safedenoise.extension import EnforcementError, format_steps
-from lib_safedenoise.generation_args import ARG_NAMES, GenerationArgs
-from lib_safedenoise.presets import card_text
+from lib_safedenoise.core import modes
+from lib_safedenoise.webui.api import Backend, BankService, CARD_FIELDS
+from lib_safedenoise.core.latent_bank import ROLES
+from lib_safedenoise.banks.errors import BankError
+from lib_safedenoise.banks.builder import BuildReport
+from lib_safedenoise.webui.enforcement import EnforcementError
+from lib_safedenoise.webui.session import format_steps
+from lib_safedenoise.webui.args import ARG_NAMES, GenerationArgs
+from lib_safedenoise.banks.presets import card_text
 
 ELEM_PREFIX = "safe_denoiser"
 MAX_STRENGTH_SLIDERS = 6
@@ -132,7 +133,7 @@ def build_accordion(is_img2img: bool, backend: Backend | None = None,
     if backend is None:
         backend = Backend.from_host()
     if accordion_class is None:
-        from lib_safedenoise import host
+        from lib_safedenoise.webui import host
 
         accordion_class = host.input_accordion_class()
     prefix = f"{ELEM_PREFIX}_{'img2img' if is_img2img else 'txt2img'}"

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import kdiffusion
-from ..schedule import SamplerSteps
+from lib_safedenoise.bench import kdiffusion
+from lib_safedenoise.core.schedule import SamplerSteps
 
 # after_cfg(denoised x0 [B,C,H,W], x [B,C,H,W], sigma [B], step_index, total_steps) -> denoised
 AfterCFG = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int, int], torch.Tensor]

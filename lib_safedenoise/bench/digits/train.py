@@ -1,4 +1,4 @@
-"""Train the digits checkpoints: ``python -m lib_safedenoise.digits.train [--out DIR] [--seed S]
+"""Train the digits checkpoints: ``python -m lib_safedenoise.bench.digits.train [--out DIR] [--seed S]
 [--only denoiser|memorizer|evaluator ...] [--iterations N]``.
 
 Deterministic: fixed seeds, one thread, ``torch.use_deterministic_algorithms``. The defaults are what
@@ -107,7 +107,7 @@ def train_all(out: Path, *, seed: int, only: list[str], iterations: dict[str, in
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lib_safedenoise.digits.train", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lib_safedenoise.bench.digits.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="output folder (default: the committed weights)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", nargs="+", choices=list(FILES), default=list(FILES),

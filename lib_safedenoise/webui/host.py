@@ -132,16 +132,10 @@ def default_bank_dir() -> str:
     return os.path.join(paths.models_path, BANK_FOLDER_NAME)
 
 
-def bank_dir() -> str:
-    from lib_safedenoise.extension import SETTING_BANK_DIR
-
-    return opts_value(SETTING_BANK_DIR, "") or default_bank_dir()
-
-
 # --------------------------------------------------------------------------- model
 
 def model_latent_space(sd_model=None) -> str:
-    """The latent-space id (``lib_safedenoise.bankfile.LATENT_SPACES``) of the loaded model.
+    """The latent-space id (``lib_safedenoise.banks.spaces.LATENT_SPACES``) of the loaded model.
 
     Read from the family flags ``sd_models.set_model_type`` sets; a model may also name its space
     directly (``latent_space`` attribute: the digits model of the tests does).
@@ -245,86 +239,6 @@ def register_xyz_axes(axes) -> None:
 
 # --------------------------------------------------------------------------- banks, engine, enforcement
 
-_stores: dict[str, Any] = {}
-
-
-def bank_store():
-    """The ``BankStore`` of the configured bank folder (one per folder, so its caches are shared)."""
-    from lib_safedenoise.bank_store import BankStore
-
-    folder = bank_dir()
-    if folder not in _stores:
-        _stores[folder] = BankStore(folder)
-    return _stores[folder]
-
-
-def bank_names() -> list[str]:
-    return bank_store().names()
-
-
-def bank_loader() -> Callable[[str], Any]:
-    """``name -> LatentBank`` for this generation: checked against the loaded model's latent space."""
-    store, space = bank_store(), model_latent_space()
-    return lambda name: store.load(name, space_id=space)
-
-
-def reference_bank():
-    """The ordinary images the default mode contrasts against: every bank of role ``reference`` in the
-    bank folder that fits the loaded model, joined at the first one's latent size; None when there is none."""
-    import torch
-
-    from lib_safedenoise.latent_bank import LatentBank, resize_latents
-
-    store, space = bank_store(), model_latent_space()
-    banks = [store.load(entry.name, space_id=space) for entry in store.list(space_id=space)
-             if entry.meta is not None and entry.meta.role == "reference" and entry.compatible]
-    if len(banks) < 2:
-        return banks[0] if banks else None
-    size = banks[0].size
-    return LatentBank("+".join(bank.name for bank in banks), role="reference", latent_space=space,
-                      latents=torch.cat([resize_latents(bank.latents, size) for bank in banks]),
-                      metadata={"parts": [(bank.name, bank.short_hash) for bank in banks]})
-
-
-def engine_factory() -> Callable[..., Any]:
-    """``SafeDenoiser`` with this server's reference bank handed to the modes that contrast against one."""
-    from lib_safedenoise.engine import SafeDenoiser
-    from lib_safedenoise.modes import takes_reference
-
-    reference = reference_bank()
-
-    def make(negations, *, mode: str = "default", **settings):
-        return SafeDenoiser(negations, mode=mode, reference=reference if takes_reference(mode) else None,
-                            **settings)
-
-    return make
-
-
-def mode_names() -> list[str]:
-    from lib_safedenoise import modes
-
-    return list(modes.MODES)
-
-
-def enforced_bank_names() -> tuple[str, ...]:
-    """Banks this server imposes: ``--safe-denoiser-enforce`` plus the API-restricted setting."""
-    from lib_safedenoise import extension
-
-    return extension.enforced_bank_names(cmd_opt(extension.ENFORCE_CMD_OPT),
-                                         opts_value(extension.SETTING_ENFORCED_BANKS))
-
-
-def guard_bank_change(name: str) -> None:
-    """Raise ``EnforcementError`` if bank ``name`` is enforced (it may not be deleted, renamed or replaced)."""
-    from lib_safedenoise import extension
-    from lib_safedenoise.builder import sanitize_name
-
-    enforced = {sanitize_name(n) for n in enforced_bank_names()}
-    if sanitize_name(name) in enforced:
-        raise extension.EnforcementError(f"bank {name!r} is enforced on this server and cannot be deleted, "
-                                         "renamed or replaced")
-
-
 # --- UI, tab, settings and API routes ---
 
 def input_accordion_class():
@@ -391,9 +305,9 @@ class WebuiVaeEncoder:
     encode_mode = "sample"
 
     def __init__(self, sd_model, seed: int = 0):
-        from lib_safedenoise import bankfile
+        from lib_safedenoise.banks import spaces
 
-        space = bankfile.latent_space(model_latent_space(sd_model))
+        space = spaces.latent_space(model_latent_space(sd_model))
         self.model = sd_model
         self.latent_space, self.channels, self.family = space.id, space.channels, model_family(sd_model)
         side = space.native_size[0] * 8
@@ -421,15 +335,6 @@ class WebuiVaeEncoder:
         self._batches += 1
         return latents.float().cpu()
 
-
-def webui_vae_encoder():
-    """An encoder for the loaded model; raises ``BankError`` when no model is loaded."""
-    from lib_safedenoise.bankfile import BankError
-
-    model = loaded_model()
-    if model is None:
-        raise BankError("no checkpoint is loaded: load one (top of the page) to encode images with its VAE")
-    return WebuiVaeEncoder(model)
 
 
 def register_tab_callbacks(*, ui_tabs: Callable, ui_settings: Callable, app_started: Callable) -> None:

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Callable, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 
-from lib_safedenoise.bankfile import LATENT_SPACES, BankError, latent_space
+from lib_safedenoise.banks.errors import BankError
+from lib_safedenoise.banks.spaces import LATENT_SPACES, latent_space
 
 
 class EncoderUnavailableError(BankError):
@@ -68,30 +69,6 @@ class TestEncoder:
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         return F.conv2d(F.avg_pool2d(pixels.float(), self.downscale), self.mix)
-
-
-class DigitsEncoder:
-    """The efficacy benchmark's digits model encoder (``lib_safedenoise.digits.latents.encode``, [0,1] input)."""
-
-    resolution = (8, 8)
-    latent_space = "digits"
-    family = "digits"
-    channels = LATENT_SPACES["digits"].channels
-    pixel_channels = 1
-    encode_mode = "mean"
-    seed = None
-    vae_name = "lib_safedenoise.digits.latents"
-    vae_hash = ""
-
-    def __init__(self):
-        try:
-            from lib_safedenoise.digits.latents import encode
-        except ImportError as error:
-            raise EncoderUnavailableError(f"the digits encoder is unavailable ({error})") from None
-        self._encode = encode
-
-    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self._encode((pixels.float() + 1) / 2)
 
 
 class DiffusersVAEEncoder:
@@ -153,15 +130,21 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+NAMED_ENCODERS: dict[str, Callable[[], Encoder]] = {"test": TestEncoder}
+
+
+def register_encoder(name: str, factory: Callable[[], Encoder]) -> None:
+    """Make ``resolve_encoder(name)`` build an encoder with ``factory`` (the benchmark registers ``digits``)."""
+    NAMED_ENCODERS[name] = factory
+
+
 def resolve_encoder(spec: str, **options) -> Encoder:
-    """``digits``, ``test`` or a path to a diffusers-format VAE (``options`` go to that VAE's loader)."""
-    if spec == "digits":
-        return DigitsEncoder()
-    if spec == "test":
-        return TestEncoder()
+    """A registered name (``NAMED_ENCODERS``) or a path to a diffusers-format VAE (``options`` go to its loader)."""
+    if spec in NAMED_ENCODERS:
+        return NAMED_ENCODERS[spec]()
     if not Path(spec).exists():
-        raise EncoderUnavailableError(f"encoder {spec!r} is neither 'digits', 'test' nor an existing VAE "
-                                      "folder or file")
+        raise EncoderUnavailableError(f"encoder {spec!r} is neither one of {', '.join(sorted(NAMED_ENCODERS))} "
+                                      "nor an existing VAE folder or file")
     return DiffusersVAEEncoder(spec, **options)
 
 

@@ -40,359 +40,34 @@ caches) are converted only with an explicit ``allow_pickle=True``, loaded with `
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import json
 import math
 import os
-import re
 import struct
 import tempfile
 import threading
 import time
-import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
 from lib_safedenoise import ENGINE_VERSION
-from lib_safedenoise.latent_bank import ROLES, LatentBank
+from lib_safedenoise.banks.errors import BankCompatibilityError, BankError, BankFormatError, BankIntegrityError
+from lib_safedenoise.banks.metadata import SHORT_HASH_LENGTH, BankMetadata, parse_metadata
+from lib_safedenoise.banks.spaces import latent_space
+from lib_safedenoise.core.latent_bank import LatentBank
 
-FORMAT_VERSION = 1
-SHORT_HASH_LENGTH = 12
 BANK_SUFFIX = ".safetensors"
-ARCHITECTURE_SUFFIX = "/safe-denoiser-bank"
-IMPLEMENTATION = "sd-webui-safe-denoiser"
-ENCODE_MODES = ("mean", "sample")
 MAX_HEADER_BYTES = 64 * 1024 * 1024
 _CHUNK_BYTES = 8 * 1024 * 1024
-_HASH_RE = re.compile(r"0x[0-9a-f]{64}")
-_SHA256_RE = re.compile(r"[0-9a-f]{64}")
-
-
-class BankError(Exception):
-    """Anything wrong with a bank, with a message meant for the user."""
-
-
-class BankFormatError(BankError, ValueError):
-    """The file is not a bank this version can read (bad header, keys, shapes or dtypes)."""
-
-
-class BankIntegrityError(BankError):
-    """The tensor bytes do not match ``modelspec.hash_sha256``: the file was altered or damaged."""
-
-
-class BankCompatibilityError(BankError):
-    """The bank was encoded in another latent space than the model's."""
-
-
-class PickleRefusedError(BankError):
-    """A legacy pickle bank was offered without explicit permission to unpickle it."""
-
-
-# --------------------------------------------------------------------------- latent spaces
-
-@dataclass(frozen=True)
-class LatentSpace:
-    """A VAE and its output scaling: latents are interchangeable exactly within one space."""
-
-    id: str
-    title: str
-    channels: int
-    scaling_factor: float
-    shift_factor: float
-    vae: str
-    architecture: str
-    families: tuple[str, ...]
-    native_size: tuple[int, int]
-
-
-LATENT_SPACES: dict[str, LatentSpace] = {space.id: space for space in (
-    LatentSpace("sd1", "SD1/SD2", 4, 0.18215, 0.0, "SD1/SD2 KL-f8 VAE", "stable-diffusion-v1",
-                ("sd1", "sd2"), (64, 64)),
-    LatentSpace("sdxl", "SDXL", 4, 0.13025, 0.0, "SDXL KL-f8 VAE", "stable-diffusion-xl-v1-base",
-                ("sdxl", "ssd"), (128, 128)),
-    LatentSpace("sd3", "SD3", 16, 1.5305, 0.0609, "SD3 16-channel VAE", "stable-diffusion-3-medium",
-                ("sd3",), (128, 128)),
-    LatentSpace("flux", "Flux", 16, 0.3611, 0.1159, "Flux 16-channel VAE", "flux-1-dev",
-                ("flux",), (128, 128)),
-    LatentSpace("digits", "digits model", 4, 1.0, 0.0, "digits encoder (lib_safedenoise.digits.latents)",
-                "safe-denoiser-digits", ("digits",), (8, 8)),
-    LatentSpace("test", "test encoder", 4, 1.0, 0.0, "deterministic test encoder (not a VAE)",
-                "safe-denoiser-test", ("test",), (8, 8)),
-)}
-
-
-def latent_space(space_id: str) -> LatentSpace:
-    try:
-        return LATENT_SPACES[space_id]
-    except KeyError:
-        raise BankCompatibilityError(f"unknown latent space {space_id!r}; known: "
-                                     f"{', '.join(LATENT_SPACES)}") from None
-
-
-def latent_space_for_family(family: str) -> LatentSpace:
-    """The latent space of a model family (``sd1``, ``sd2``, ``sdxl``, ``ssd``, ``sd3``, ``flux``, ...)."""
-    for space in LATENT_SPACES.values():
-        if family.lower() in space.families:
-            return space
-    raise BankCompatibilityError(f"unknown model family {family!r}; known: "
-                                 f"{', '.join(f for s in LATENT_SPACES.values() for f in s.families)}")
-
-
-# --------------------------------------------------------------------------- metadata schema
-
-@dataclass(frozen=True)
-class Key:
-    attr: str
-    key: str
-    kind: str  # str, int, float, bool, hash, sha256-list, object-list, object-of-objects, string-map
-    required: bool
-    doc: str
-
-
-SCHEMA: tuple[Key, ...] = (
-    Key("sai_model_spec", "modelspec.sai_model_spec", "str", True, "ModelSpec version, always 1.0.0"),
-    Key("architecture", "modelspec.architecture", "str", True,
-        "``<base architecture>/safe-denoiser-bank``, e.g. ``stable-diffusion-v1/safe-denoiser-bank``"),
-    Key("implementation", "modelspec.implementation", "str", True, "the project that wrote the file"),
-    Key("title", "modelspec.title", "str", True, "display name"),
-    Key("description", "modelspec.description", "str", False, "card: what the bank contains"),
-    Key("author", "modelspec.author", "str", False, "card: who built it"),
-    Key("date", "modelspec.date", "str", False, "ISO 8601 date-time of the build (UTC)"),
-    Key("license", "modelspec.license", "str", False, "card: licence of the bank"),
-    Key("usage_hint", "modelspec.usage_hint", "str", False, "card: intended use"),
-    Key("hash_sha256", "modelspec.hash_sha256", "hash", True,
-        "``0x`` + SHA-256 of the data buffer (all bytes after the JSON header)"),
-    Key("format_version", "sdn_format_version", "int", True, f"bank format version (this is {FORMAT_VERSION})"),
-    Key("engine_version", "sdn_engine_version", "str", False, "ENGINE_VERSION of the writer"),
-    Key("role", "sdn_role", "str", True, f"one of {ROLES}"),
-    Key("count", "sdn_count", "int", True, "N, the number of latents"),
-    Key("channels", "sdn_latent_channels", "int", True, "C"),
-    Key("height", "sdn_latent_height", "int", True, "H"),
-    Key("width", "sdn_latent_width", "int", True, "W"),
-    Key("latent_space", "sdn_latent_space", "str", True, "id in ``LATENT_SPACES`` (VAE + scaling)"),
-    Key("model_family", "sdn_model_family", "str", False, "family of the model whose VAE encoded it"),
-    Key("vae_name", "sdn_vae_name", "str", False, "VAE identity: file or model name"),
-    Key("vae_hash", "sdn_vae_hash", "str", False, "VAE identity: hash of its weights, as the host reports it"),
-    Key("scaling_factor", "sdn_vae_scaling_factor", "float", True, "latent = (vae output - shift) * scale"),
-    Key("shift_factor", "sdn_vae_shift_factor", "float", False, "see scaling_factor (0 when absent)"),
-    Key("encode_mode", "sdn_encode_mode", "str", True, f"one of {ENCODE_MODES}: posterior mean or a sample"),
-    Key("encode_seed", "sdn_encode_seed", "int", False, "seed of a ``sample`` encoding (absent: unknown)"),
-    Key("source_resolution", "sdn_source_resolution", "str", False, "``<W>x<H>`` pixels fed to the encoder"),
-    Key("resize_policy", "sdn_resize_policy", "str", False, "how sources were fitted to that resolution"),
-    Key("channel_normalized", "sdn_channel_normalized", "bool", False,
-        "``true``: every latent pixel scaled to a unit channel vector (legacy caches; reference mode only)"),
-    Key("source_sha256", "sdn_source_sha256", "sha256-list", False,
-        "JSON list, one SHA-256 hex per latent row, of its source (file bytes, or decoded pixels for "
-        "in-memory images; \"\" where unknown); provenance without the images"),
-    Key("merged_from", "sdn_merged_from", "object-list", False,
-        "JSON list of ``{title, hash_sha256, count}`` of banks this one was appended to or merged from"),
-    Key("settings", "sdn_settings", "object-of-objects", False,
-        "JSON object: mode name -> that mode's recommended parameters"),
-    Key("categories", "sdn_categories", "string-map", False, "JSON object: label id (string) -> name"),
-)
-_BY_KEY = {k.key: k for k in SCHEMA}
-
-
-@dataclass(frozen=True)
-class BankMetadata:
-    """The parsed ``__metadata__`` of a bank; ``extra`` keeps keys this version does not know."""
-
-    title: str
-    hash_sha256: str
-    role: str
-    count: int
-    channels: int
-    height: int
-    width: int
-    latent_space: str
-    scaling_factor: float
-    encode_mode: str
-    format_version: int = FORMAT_VERSION
-    sai_model_spec: str = "1.0.0"
-    architecture: str = ""
-    implementation: str = IMPLEMENTATION
-    description: str = ""
-    author: str = ""
-    date: str = ""
-    license: str = ""
-    usage_hint: str = ""
-    engine_version: str = ENGINE_VERSION
-    model_family: str = ""
-    vae_name: str = ""
-    vae_hash: str = ""
-    shift_factor: float = 0.0
-    encode_seed: int | None = None
-    source_resolution: str = ""
-    resize_policy: str = ""
-    channel_normalized: bool = False
-    source_sha256: tuple[str, ...] = ()
-    merged_from: tuple[dict, ...] = ()
-    settings: dict = field(default_factory=dict)
-    categories: dict = field(default_factory=dict)
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def short_hash(self) -> str:
-        return self.hash_sha256[2:2 + SHORT_HASH_LENGTH]
-
-    @property
-    def shape(self) -> tuple[int, int, int, int]:
-        return (self.count, self.channels, self.height, self.width)
-
-    @property
-    def card(self) -> dict[str, str]:
-        return {"title": self.title, "description": self.description, "author": self.author,
-                "license": self.license, "usage_hint": self.usage_hint}
-
-    def describe_space(self) -> str:
-        """E.g. ``SDXL latents (4×128×128 from VAE sdxl_vae [0123456789])``."""
-        space = LATENT_SPACES.get(self.latent_space)
-        vae = self.vae_name or (space.vae if space else "unknown VAE")
-        if self.vae_hash:
-            vae += f" [{self.vae_hash}]"
-        title = space.title if space else f"unknown space {self.latent_space!r}"
-        return f"{title} latents ({self.channels}×{self.height}×{self.width} from VAE {vae})"
-
-    def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["short_hash"] = self.short_hash
-        return data
-
-    def to_strings(self) -> dict[str, str]:
-        """The ``__metadata__`` map: every schema key with a non-empty value, then ``extra``."""
-        out = dict(self.extra)
-        for key in SCHEMA:
-            value = getattr(self, key.attr)
-            if value in ("", None, (), {}) or (key.kind == "bool" and not value):
-                continue
-            out[key.key] = _format_value(key.kind, value)
-        return out
-
-
-def _format_value(kind: str, value: Any) -> str:
-    if kind == "bool":
-        return "true" if value else "false"
-    if kind == "float":
-        return repr(float(value))
-    if kind in ("sha256-list", "object-list"):
-        return json.dumps(list(value), separators=(",", ":"), sort_keys=True)
-    if kind in ("object-of-objects", "string-map"):
-        return json.dumps(value, separators=(",", ":"), sort_keys=True)
-    return str(value)
-
-
-def _parse_value(key: Key, text: str) -> Any:
-    def fail(why: str):
-        return BankFormatError(f"metadata {key.key} = {text[:80]!r}: {why}")
-
-    if key.kind == "str":
-        return text
-    if key.kind == "int":
-        if not re.fullmatch(r"-?\d{1,18}", text):
-            raise fail("expected an integer")
-        return int(text)
-    if key.kind == "float":
-        try:
-            value = float(text)
-        except ValueError:
-            raise fail("expected a number") from None
-        if not math.isfinite(value):
-            raise fail("expected a finite number")
-        return value
-    if key.kind == "bool":
-        if text not in ("true", "false"):
-            raise fail("expected true or false")
-        return text == "true"
-    if key.kind == "hash":
-        if not _HASH_RE.fullmatch(text):
-            raise fail("expected 0x followed by 64 lowercase hex digits")
-        return text
-    try:
-        value = json.loads(text)
-    except (ValueError, RecursionError):
-        raise fail("not valid JSON") from None
-    if key.kind == "sha256-list":
-        if not isinstance(value, list) or not all(isinstance(v, str) and (v == "" or _SHA256_RE.fullmatch(v))
-                                                  for v in value):
-            raise fail("expected a JSON list of SHA-256 hex strings (\"\" where unknown)")
-        return tuple(value)
-    if key.kind == "object-list":
-        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-            raise fail("expected a JSON list of objects")
-        return tuple(value)
-    if key.kind == "object-of-objects":
-        return validate_settings(value, what=f"metadata {key.key}")
-    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-        raise fail("expected a JSON object of strings")
-    return value
-
-
-def validate_settings(settings: Any, *, what: str = "settings") -> dict[str, dict]:
-    """Recommended settings: a JSON object mapping each mode name to an object of that mode's parameters."""
-    if not isinstance(settings, dict) or not all(isinstance(k, str) and isinstance(v, dict)
-                                                 for k, v in settings.items()):
-        raise BankFormatError(f"{what}: expected a JSON object mapping mode names to objects, "
-                              f"e.g. {{\"paper\": {{\"strength\": 1.0}}}}")
-    return settings
-
-
-def parse_metadata(raw: Any) -> BankMetadata:
-    """Parse a ``__metadata__`` map; anything malformed raises ``BankFormatError`` naming the key."""
-    if not isinstance(raw, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
-        raise BankFormatError("bank metadata must be a map of strings to strings; this is not a "
-                              "Safe Denoiser bank")
-    missing = [k.key for k in SCHEMA if k.required and k.key not in raw]
-    if missing:
-        raise BankFormatError(f"not a Safe Denoiser bank: metadata lacks {', '.join(missing)}")
-    version_key = _BY_KEY["sdn_format_version"]
-    version = _parse_value(version_key, raw[version_key.key])
-    if version > FORMAT_VERSION or version < 1:
-        raise BankFormatError(f"bank format version {version} is not supported (this extension reads "
-                              f"1..{FORMAT_VERSION}); update the extension")
-    values = {k.attr: _parse_value(k, raw[k.key]) for k in SCHEMA if k.key in raw}
-    values["extra"] = {k: v for k, v in raw.items() if k not in _BY_KEY}
-    meta = BankMetadata(**values)
-    if meta.role not in ROLES:
-        raise BankFormatError(f"metadata sdn_role = {meta.role!r}: must be one of {ROLES}")
-    if meta.encode_mode not in ENCODE_MODES:
-        raise BankFormatError(f"metadata sdn_encode_mode = {meta.encode_mode!r}: must be one of {ENCODE_MODES}")
-    if meta.count < 1 or meta.channels < 1 or meta.height < 1 or meta.width < 1:
-        raise BankFormatError(f"bank shape {meta.shape} must be positive")
-    space = LATENT_SPACES.get(meta.latent_space)
-    if space is not None and space.channels != meta.channels:
-        raise BankFormatError(f"metadata sdn_latent_channels/sdn_latent_space: {meta.channels}-channel latents "
-                              f"cannot be {space.title} latents "
-                              f"({space.channels} channels)")
-    if meta.source_sha256 and len(meta.source_sha256) != meta.count:
-        raise BankFormatError(f"sdn_source_sha256 lists {len(meta.source_sha256)} sources for "
-                              f"{meta.count} latents")
-    return meta
-
-
-def utc_now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
-
-
-def new_metadata(*, title: str, count: int, shape: tuple[int, int, int], space: LatentSpace, **values) -> BankMetadata:
-    """Metadata for a bank about to be written (the hash is filled in by the writer)."""
-    channels, height, width = shape
-    values.setdefault("date", utc_now())
-    values.setdefault("architecture", space.architecture + ARCHITECTURE_SUFFIX)
-    values.setdefault("scaling_factor", space.scaling_factor)
-    values.setdefault("shift_factor", space.shift_factor)
-    values.setdefault("role", "negation")
-    values.setdefault("encode_mode", "mean")
-    return BankMetadata(title=title, hash_sha256="0x" + "0" * 64, count=count, channels=channels,
-                        height=height, width=width, latent_space=space.id, **values)
 
 
 # --------------------------------------------------------------------------- writing
 
-_DTYPE_CODES = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32",
+DTYPE_CODES = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32",
                 torch.int64: "I64", torch.int32: "I32"}
 _CODE_ITEMSIZE = {"F16": 2, "BF16": 2, "F32": 4, "I64": 8, "I32": 4}
 LATENT_DTYPES = ("F16", "BF16", "F32")
@@ -421,7 +96,7 @@ class TensorData:
                 part = tensor[start:start + rows]
                 yield (part.view(torch.int16) if part.dtype == torch.bfloat16 else part).numpy().tobytes()
 
-        return cls(name, _DTYPE_CODES[tensor.dtype], tuple(tensor.shape), chunks)
+        return cls(name, DTYPE_CODES[tensor.dtype], tuple(tensor.shape), chunks)
 
     @classmethod
     def from_file(cls, name: str, dtype: str, shape: tuple[int, ...], path: str | Path, offset: int = 0) -> "TensorData":
@@ -752,47 +427,3 @@ def rewrite_metadata(path: str | Path, dest: str | Path | None = None, **changes
                                     header.data_offset + info["data_offsets"][0])
                for name, info in header.tensors.items()]
     return write_bank(dest or path, meta, tensors, expected_hash=header.meta.hash_sha256)
-
-
-# --------------------------------------------------------------------------- legacy pickles
-
-def convert_legacy_pt(src: str | Path, dest: str | Path, *, allow_pickle: bool = False, space_id: str = "sd1",
-                      title: str | None = None, role: str = "negation") -> BankMetadata:
-    """Convert a torch-pickle bank (the authors' ``repellency_proj_ref.pt``) into a bank file.
-
-    Refused unless ``allow_pickle``: unpickling runs code from the file. Even then only
-    ``weights_only`` loading is used. Those caches hold channel-normalised latents (``[N, C, H, W]``
-    or flattened ``[N, C*H*W]``), so the result is marked ``channel_normalized`` (reference mode only).
-    """
-    src = Path(src)
-    if not allow_pickle:
-        raise PickleRefusedError(f"{src.name} is a torch pickle: loading it can run arbitrary code. Import it "
-                                 "only if you trust its source, with --allow-pickle (CLI) or the "
-                                 "'allow pickle' checkbox.")
-    warnings.warn(f"unpickling {src.name} (weights only); pickle files can be unsafe", stacklevel=2)
-    try:
-        data = torch.load(src, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for bad or unsafe pickles
-        raise BankFormatError(f"{src.name}: cannot load as a weights-only torch file ({error})") from None
-    if isinstance(data, dict):
-        candidates = [v for v in data.values() if isinstance(v, torch.Tensor)]
-        if len(candidates) != 1:
-            raise BankFormatError(f"{src.name}: expected one tensor, found keys {list(data)[:10]}")
-        data = candidates[0]
-    if not isinstance(data, torch.Tensor) or not data.is_floating_point() or data.ndim not in (2, 4):
-        raise BankFormatError(f"{src.name}: expected a float tensor [N, C, H, W] or [N, C*H*W], "
-                              f"got {type(data).__name__} {tuple(getattr(data, 'shape', ()))}")
-    space = latent_space(space_id)
-    if data.ndim == 2:
-        side = math.isqrt(data.shape[1] // space.channels)
-        if space.channels * side * side != data.shape[1]:
-            raise BankFormatError(f"{src.name}: {data.shape[1]} values per item is not {space.channels}×H×H "
-                                  f"for {space.title}; pass the right latent space")
-        data = data.reshape(data.shape[0], space.channels, side, side)
-    if data.shape[1] != space.channels:
-        raise BankFormatError(f"{src.name}: {data.shape[1]} channels, but {space.title} latents have "
-                              f"{space.channels}")
-    meta = new_metadata(title=title or src.stem, count=data.shape[0], shape=tuple(data.shape[1:]), space=space,
-                        role=role, encode_mode="sample", channel_normalized=True,
-                        description=f"imported from legacy pickle {src.name}")
-    return save_bank(dest, meta, data.float())

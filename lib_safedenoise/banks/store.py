@@ -16,11 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from lib_safedenoise import bankfile, builder, presets
-from lib_safedenoise.bankfile import BANK_SUFFIX, BankCompatibilityError, BankError, BankMetadata
-from lib_safedenoise.builder import BuildReport, sanitize_name
-from lib_safedenoise.encoders import Encoder
-from lib_safedenoise.latent_bank import LatentBank
+from lib_safedenoise.banks import builder, fileformat, legacy, metadata, presets
+from lib_safedenoise.banks.errors import BankCompatibilityError, BankError
+from lib_safedenoise.banks.fileformat import BANK_SUFFIX
+from lib_safedenoise.banks.metadata import BankMetadata
+from lib_safedenoise.banks.builder import BuildReport, sanitize_name
+from lib_safedenoise.banks.encoders import Encoder
+from lib_safedenoise.core.latent_bank import LatentBank
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ class BankStore:
         if cached and cached[0] == stamp:
             return cached[1], cached[2]
         try:
-            meta, problem = bankfile.read_metadata(path), ""
+            meta, problem = fileformat.read_metadata(path), ""
         except BankError as error:
             meta, problem = None, str(error)
         with self._lock:
@@ -90,7 +92,7 @@ class BankStore:
         compatible, note = None, ""
         if meta is not None and space_id is not None:
             try:
-                bankfile.check_compatibility(meta, space_id, name=name)
+                fileformat.check_compatibility(meta, space_id, name=name)
                 compatible = True
             except BankCompatibilityError as error:
                 compatible, note = False, str(error)
@@ -107,7 +109,7 @@ class BankStore:
         return entries
 
     def load(self, name: str, *, space_id: str | None = None) -> LatentBank:
-        return bankfile.load_bank(self._existing(name), name=sanitize_name(name), space_id=space_id)
+        return fileformat.load_bank(self._existing(name), name=sanitize_name(name), space_id=space_id)
 
     def inspect(self, name: str) -> dict[str, Any]:
         entry = self.entry(name)
@@ -116,8 +118,8 @@ class BankStore:
             data["metadata"] = entry.meta.as_dict()
         return data
 
-    def verify(self, name: str, *, space_id: str | None = None) -> bankfile.Verification:
-        return bankfile.verify_bank(self._existing(name), space_id=space_id)
+    def verify(self, name: str, *, space_id: str | None = None) -> fileformat.Verification:
+        return fileformat.verify_bank(self._existing(name), space_id=space_id)
 
     def find_by_hash(self, hash_or_prefix: str) -> str | None:
         """The bank whose ``modelspec.hash_sha256`` is, or starts with, the given hash (``0x`` optional)."""
@@ -135,14 +137,14 @@ class BankStore:
             if target.exists():
                 raise BankError(f"a bank named {sanitize_name(new)!r} already exists")
             os.replace(source, target)
-            bankfile.invalidate(source)
+            fileformat.invalidate(source)
             return sanitize_name(new)
 
     def delete(self, name: str) -> None:
         with self._lock:
             path = self._existing(name)
             path.unlink()
-            bankfile.invalidate(path)
+            fileformat.invalidate(path)
 
     def _claim(self, name: str, overwrite: bool) -> Path:
         target = self.path_of(name)
@@ -159,19 +161,19 @@ class BankStore:
         with self._lock:
             target = self._claim(stem, overwrite)
             if source.suffix in (".pt", ".pth", ".ckpt", ".bin"):
-                bankfile.convert_legacy_pt(source, target, allow_pickle=allow_pickle, space_id=space_id,
+                legacy.convert_legacy_pt(source, target, allow_pickle=allow_pickle, space_id=space_id,
                                            title=sanitize_name(stem))
             else:
-                bankfile.verify_hash(source)
-                tmp = bankfile.temporary_path(target, "import")
+                fileformat.verify_hash(source)
+                tmp = fileformat.temporary_path(target, "import")
                 try:
                     shutil.copyfile(source, tmp)
-                    bankfile.verify_hash(tmp)
+                    fileformat.verify_hash(tmp)
                     os.chmod(tmp, 0o644)
-                    bankfile.replace_atomically(tmp, target)
+                    fileformat.replace_atomically(tmp, target)
                 finally:
                     tmp.unlink(missing_ok=True)
-                bankfile.invalidate(target)
+                fileformat.invalidate(target)
             return sanitize_name(stem)
 
     def export(self, name: str, dest: str | os.PathLike, *, settings_only: bool = False,
@@ -182,8 +184,8 @@ class BankStore:
     def save_settings(self, name: str, settings: dict | None = None, **card: str) -> BankMetadata:
         """Store recommended settings and/or card fields in the bank itself (the hash is unchanged)."""
         with self._lock:
-            changes = {"settings": bankfile.validate_settings(settings)} if settings is not None else {}
-            return bankfile.rewrite_metadata(self._existing(name), **changes,
+            changes = {"settings": metadata.validate_settings(settings)} if settings is not None else {}
+            return fileformat.rewrite_metadata(self._existing(name), **changes,
                                              **{k: v for k, v in card.items() if k in presets.CARD_FIELDS})
 
     def read_preset(self, path: str | os.PathLike) -> presets.Preset:

@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lib_safedenoise import bankfile
-from lib_safedenoise.bankfile import BankFormatError, SHORT_HASH_LENGTH
+from lib_safedenoise.banks import fileformat, metadata
+from lib_safedenoise.banks.errors import BankFormatError
+from lib_safedenoise.banks.metadata import SHORT_HASH_LENGTH
 
 PRESET_VERSION = 1
 PRESET_SUFFIX = ".preset.json"
@@ -81,13 +82,13 @@ def parse_settings_preset(text: str, *, where: str = "preset") -> Preset:
                           f"{PRESET_VERSION})")
     bank = data.get("bank")
     if not isinstance(bank, dict) or not isinstance(bank.get("hash_sha256"), str) \
-            or not bankfile._HASH_RE.fullmatch(bank["hash_sha256"]):
+            or not metadata.HASH_RE.fullmatch(bank["hash_sha256"]):
         raise PresetError(f"{where}: \"bank\" must name its bank by \"hash_sha256\": \"0x<64 hex digits>\"")
     title, space, count = data.get("title", ""), bank.get("latent_space", ""), bank.get("count", 0)
     if not isinstance(title, str) or not isinstance(space, str) or not isinstance(count, int):
         raise PresetError(f"{where}: title and bank.latent_space must be strings, bank.count an integer")
     try:
-        settings = bankfile.validate_settings(data.get("settings", {}), what=f"{where}: settings")
+        settings = metadata.validate_settings(data.get("settings", {}), what=f"{where}: settings")
     except BankFormatError as error:
         raise PresetError(str(error)) from None
     return Preset("settings", title, _card(data.get("card", {}), where), settings, bank["hash_sha256"], space,
@@ -104,7 +105,7 @@ def read_preset(path: str | os.PathLike) -> Preset:
         if path.stat().st_size > MAX_PRESET_BYTES:
             raise PresetError(f"{path.name}: larger than {MAX_PRESET_BYTES} bytes; not a settings preset")
         return parse_settings_preset(path.read_text(encoding="utf-8", errors="replace"), where=path.name)
-    meta = bankfile.verify_hash(path).meta
+    meta = fileformat.verify_hash(path).meta
     return Preset("bank", meta.title, {k: getattr(meta, k) for k in CARD_FIELDS}, meta.settings,
                   meta.hash_sha256, meta.latent_space, meta.count, str(path))
 
@@ -113,13 +114,13 @@ def export_preset(bank_path: str | os.PathLike, dest: str | os.PathLike, *, sett
                   settings: dict | None = None, card: dict | None = None, title: str | None = None) -> Path:
     """Write one file: a bank preset (the bank with ``settings``/``card`` in its metadata) or, with
     ``settings_only``, a ``.preset.json`` naming the bank by hash. Unset values come from the bank."""
-    meta = bankfile.verify_hash(bank_path).meta
-    new_settings = bankfile.validate_settings(settings) if settings is not None else meta.settings
+    meta = fileformat.verify_hash(bank_path).meta
+    new_settings = metadata.validate_settings(settings) if settings is not None else meta.settings
     _card(card or {}, "card")
     new_card = {k: getattr(meta, k) for k in CARD_FIELDS} | dict(card or {})
     dest = Path(dest)
     if not settings_only:
-        bankfile.rewrite_metadata(bank_path, dest, settings=new_settings, title=title or meta.title, **new_card)
+        fileformat.rewrite_metadata(bank_path, dest, settings=new_settings, title=title or meta.title, **new_card)
         return dest
     if not dest.name.endswith(".json"):
         dest = dest.with_name(dest.name + PRESET_SUFFIX)
@@ -127,11 +128,11 @@ def export_preset(bank_path: str | os.PathLike, dest: str | os.PathLike, *, sett
                 "bank": {"hash_sha256": meta.hash_sha256, "title": meta.title, "latent_space": meta.latent_space,
                          "count": meta.count},
                 "settings": new_settings}
-    tmp = bankfile.temporary_path(dest, "preset")
+    tmp = fileformat.temporary_path(dest, "preset")
     try:
         tmp.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         os.chmod(tmp, 0o644)
-        bankfile.replace_atomically(tmp, dest)
+        fileformat.replace_atomically(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
     return dest

@@ -24,6 +24,7 @@ Fewer arguments than this are filled with the defaults below (older clients keep
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, fields
 from typing import Any, Sequence
 
@@ -109,6 +110,27 @@ def _parse_mode(name: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"Safe Denoiser argument {name!r} must be a mode name, got {value!r}")
     return value.strip()
+
+
+def parse_bank_list(value: Any) -> tuple[str, ...]:
+    """Bank names from a launch flag / setting: a comma-separated string or a list; blanks dropped."""
+    if value is None:
+        return ()
+    items = value.split(",") if isinstance(value, str) else value
+    names = []
+    for item in items:
+        name = str(item).strip()
+        if name and name not in names:
+            names.append(name)
+    return tuple(names)
+
+
+def parse_window(text: str) -> tuple[float, float]:
+    """``"0-0.25"`` (fractions of the steps run) -> ``(0.0, 0.25)``."""
+    match = re.fullmatch(r"\s*([0-9.]+)\s*-\s*([0-9.]+)\s*", text)
+    if not match:
+        raise ValueError(f"Safe Denoiser window must look like 0-0.25 (start-end fractions), got {text!r}")
+    return float(match.group(1)), float(match.group(2))
 
 
 _PARSERS = {

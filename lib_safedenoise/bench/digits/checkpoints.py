@@ -51,14 +51,14 @@ def read_metadata(path: Path) -> dict:
 def _load(path: Path, kind: str) -> tuple[dict, dict]:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no {kind} checkpoint at {path}; run `python -m lib_safedenoise.digits.train`")
+        raise FileNotFoundError(f"no {kind} checkpoint at {path}; run `python -m lib_safedenoise.bench.digits.train`")
     metadata = read_metadata(path)
     if metadata.get("kind") != kind:
         raise ValueError(f"{path} holds a {metadata.get('kind')!r} checkpoint, not a {kind!r} one")
     expected = digit_split(int(metadata["split_seed"])).fingerprint()
     if metadata.get("split") != expected:
         raise ValueError(f"{path} was trained on data split {metadata.get('split')}, but the split is now "
-                         f"{expected}: retrain with `python -m lib_safedenoise.digits.train`")
+                         f"{expected}: retrain with `python -m lib_safedenoise.bench.digits.train`")
     return load_file(str(path)), metadata
 
 

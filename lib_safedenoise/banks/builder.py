@@ -37,9 +37,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from lib_safedenoise import bankfile
-from lib_safedenoise.bankfile import BankError, BankMetadata, TensorData
-from lib_safedenoise.encoders import Encoder, TestEncoder
+from lib_safedenoise.banks import fileformat, metadata, spaces
+from lib_safedenoise.banks.errors import BankError
+from lib_safedenoise.banks.fileformat import TensorData
+from lib_safedenoise.banks.metadata import BankMetadata
+from lib_safedenoise.banks.encoders import Encoder, TestEncoder
 
 RESIZE_POLICY = "cover-centre-crop"
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own default limit
@@ -102,8 +104,8 @@ def sanitize_name(name: str) -> str:
     infotext separators ``, | ; = @ *``) becomes ``_``. Leading/trailing dots and spaces are dropped.
     """
     stem = str(name).strip()
-    if stem.lower().endswith(bankfile.BANK_SUFFIX):
-        stem = stem[:-len(bankfile.BANK_SUFFIX)]
+    if stem.lower().endswith(fileformat.BANK_SUFFIX):
+        stem = stem[:-len(fileformat.BANK_SUFFIX)]
     stem = re.sub(r"[^\w\-. ()+]", "_", stem).strip(" .")[:_MAX_NAME_LENGTH].strip(" .")
     if not stem or set(stem) <= {"_"}:
         raise BankError(f"bank name {name!r} has no usable characters")
@@ -227,14 +229,14 @@ def build_bank(inputs: Source | Iterable[Source], encoder: Encoder, dest: str | 
     """
     started = time.perf_counter()
     dest = Path(dest)
-    dest = dest.with_name(sanitize_name(dest.name) + bankfile.BANK_SUFFIX)
+    dest = dest.with_name(sanitize_name(dest.name) + fileformat.BANK_SUFFIX)
     if settings is not None:
-        bankfile.validate_settings(settings)
-    space = bankfile.latent_space(encoder.latent_space)
+        metadata.validate_settings(settings)
+    space = spaces.latent_space(encoder.latent_space)
     existing = dest.is_file() and append
     seen: set[str] = set()
     if existing:
-        prior = bankfile.read_metadata(dest)
+        prior = fileformat.read_metadata(dest)
         if prior.latent_space != space.id or prior.channel_normalized:
             raise BankError(f"cannot append to {dest.name}: it holds {prior.describe_space()}"
                             f"{' (channel-normalised)' if prior.channel_normalized else ''}, the encoder makes "
@@ -243,7 +245,7 @@ def build_bank(inputs: Source | Iterable[Source], encoder: Encoder, dest: str | 
     sources = expand_sources(inputs, recursive=recursive)
     extensions = image_extensions()
     report = BuildReport(path=str(dest))
-    spill = bankfile.temporary_path(dest, "latents")
+    spill = fileformat.temporary_path(dest, "latents")
     hashes: list[str] = []
     shape: tuple[int, ...] = ()
     batch: list[np.ndarray] = []
@@ -284,25 +286,25 @@ def build_bank(inputs: Source | Iterable[Source], encoder: Encoder, dest: str | 
             flush()
         if not hashes:
             raise EmptyBuildError(report)
-        meta = bankfile.new_metadata(
+        meta = metadata.new_metadata(
             title=title or dest.stem, count=len(hashes), shape=tuple(shape), space=space, role=role,
             description=description, author=author, license=license, usage_hint=usage_hint,
             settings=settings or {}, model_family=model_family or encoder.family, vae_name=encoder.vae_name,
             vae_hash=encoder.vae_hash, encode_mode=encoder.encode_mode, encode_seed=encoder.seed,
             source_resolution=f"{encoder.resolution[1]}x{encoder.resolution[0]}", resize_policy=RESIZE_POLICY,
             source_sha256=tuple(hashes), categories={"0": category} if category else {})
-        latents = TensorData.from_file("latents", bankfile._DTYPE_CODES[dtype], (len(hashes), *shape), spill)
+        latents = TensorData.from_file("latents", fileformat.DTYPE_CODES[dtype], (len(hashes), *shape), spill)
         extra = [TensorData.of("labels", torch.zeros(len(hashes), dtype=torch.long))] if category else []
         if existing:
-            fresh = bankfile.temporary_path(dest, "added")
+            fresh = fileformat.temporary_path(dest, "added")
             try:
-                bankfile.write_bank(fresh, replace(meta, title=f"{len(hashes)} images added {meta.date}"),
+                fileformat.write_bank(fresh, replace(meta, title=f"{len(hashes)} images added {meta.date}"),
                                     [latents, *extra])
                 meta = merge_banks([dest, fresh], dest, title=title, settings=settings)
             finally:
                 fresh.unlink(missing_ok=True)
         else:
-            meta = bankfile.write_bank(dest, meta, [latents, *extra])
+            meta = fileformat.write_bank(dest, meta, [latents, *extra])
     finally:
         spill.unlink(missing_ok=True)
     report.bank_count, report.short_hash = meta.count, meta.short_hash
@@ -339,7 +341,7 @@ def merge_banks(paths: Sequence[str | os.PathLike], dest: str | os.PathLike, *, 
     """
     if not paths:
         raise BankError("nothing to merge")
-    headers = [bankfile.verify_hash(p) for p in paths]
+    headers = [fileformat.verify_hash(p) for p in paths]
     first = headers[0].meta
     for path, header in zip(paths, headers):
         meta = header.meta
@@ -360,7 +362,7 @@ def merge_banks(paths: Sequence[str | os.PathLike], dest: str | os.PathLike, *, 
         keep.append(mask)
     count = len(hashes)
     out_dtype = headers[0].tensors["latents"]["dtype"]
-    torch_dtype = {v: k for k, v in bankfile._DTYPE_CODES.items()}[out_dtype]
+    torch_dtype = {v: k for k, v in fileformat.DTYPE_CODES.items()}[out_dtype]
     categories: dict[str, str] = {}
     has_labels = any("labels" in h.tensors for h in headers)
     has_weights = any("weights" in h.tensors for h in headers)
@@ -405,11 +407,11 @@ def merge_banks(paths: Sequence[str | os.PathLike], dest: str | os.PathLike, *, 
                                                     header.meta.hash_sha256, "count": header.meta.count}))
     meta = replace(first, title=title or first.title, count=count, source_sha256=tuple(hashes),
                    merged_from=merged_from, categories=categories,
-                   settings=bankfile.validate_settings(settings) if settings is not None else first.settings,
-                   date=bankfile.utc_now())
+                   settings=metadata.validate_settings(settings) if settings is not None else first.settings,
+                   date=metadata.utc_now())
     if not any(hashes):
         meta = replace(meta, source_sha256=())
-    return bankfile.write_bank(dest, meta, tensors)
+    return fileformat.write_bank(dest, meta, tensors)
 
 
 # --------------------------------------------------------------------------- benchmark

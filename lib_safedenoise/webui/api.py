@@ -4,7 +4,7 @@
 and deleting banks, with the rules both front ends obey: enforced banks are never deleted, renamed or
 replaced; encoding takes the WebUI's queue lock (no generation or model swap runs meanwhile); uploads are
 decoded from memory. ``Backend`` is what the service needs from the WebUI, as plain callables
-(``Backend.from_host`` wires them to ``lib_safedenoise.host``), so it runs the same outside the WebUI.
+(``Backend.from_host`` wires them to ``lib_safedenoise.webui.host``), so it runs the same outside the WebUI.
 
 ``register_routes`` adds the HTTP routes under ``ROUTE_PREFIX`` to the WebUI's FastAPI app, with the same
 dependencies (``--api-auth``) as the WebUI's own API routes.
@@ -25,12 +25,13 @@ from typing import Any, Callable, ContextManager, Iterable, List, Optional
 
 from pydantic import BaseModel, Field
 
-from lib_safedenoise import extension
-from lib_safedenoise.bank_store import BankStore
-from lib_safedenoise.bankfile import BANK_SUFFIX, BankError
-from lib_safedenoise.builder import BuildReport, Progress, sanitize_name
-from lib_safedenoise.encoders import Encoder
-from lib_safedenoise.presets import PRESET_SUFFIX, Preset
+from lib_safedenoise.webui import args, enforcement, keys, server, session
+from lib_safedenoise.banks.store import BankStore
+from lib_safedenoise.banks.errors import BankError
+from lib_safedenoise.banks.fileformat import BANK_SUFFIX
+from lib_safedenoise.banks.builder import BuildReport, Progress, sanitize_name
+from lib_safedenoise.banks.encoders import Encoder
+from lib_safedenoise.banks.presets import PRESET_SUFFIX, Preset
 
 ROUTE_PREFIX = "/safe-denoiser/v1"
 CARD_FIELDS = ("title", "description", "author", "license", "usage_hint")
@@ -42,7 +43,7 @@ class Backend:
     encoder: Callable[[], Encoder]  # the loaded model's VAE; raises BankError when there is none
     model_space: Callable[[], str | None]  # latent space of the loaded model, None when none is loaded
     enforced: Callable[[], tuple[str, ...]]
-    guard_change: Callable[[str], None]  # raises extension.EnforcementError for an enforced bank
+    guard_change: Callable[[str], None]  # raises enforcement.EnforcementError for an enforced bank
     gpu_lock: Callable[[], ContextManager]
     folder_inputs_allowed: Callable[[], bool]
     api_writes_allowed: Callable[[], bool]
@@ -53,16 +54,16 @@ class Backend:
 
     @classmethod
     def from_host(cls) -> "Backend":
-        from lib_safedenoise import host
+        from lib_safedenoise.webui import host
 
-        return cls(store=host.bank_store, encoder=host.webui_vae_encoder, model_space=host.loaded_latent_space,
-                   enforced=host.enforced_bank_names, guard_change=host.guard_bank_change,
+        return cls(store=server.bank_store, encoder=server.webui_vae_encoder, model_space=host.loaded_latent_space,
+                   enforced=server.enforced_bank_names, guard_change=server.guard_bank_change,
                    gpu_lock=host.queue_lock, folder_inputs_allowed=host.folder_inputs_allowed,
-                   api_writes_allowed=host.api_writes_allowed, last_report=extension.last_report,
-                   mode_names=host.mode_names,
-                   default_enabled=lambda: bool(host.opts_value(extension.SETTING_DEFAULT_ENABLED, False)),
-                   default_banks=lambda: list(extension.parse_bank_list(
-                       host.opts_value(extension.SETTING_DEFAULT_BANKS, []))))
+                   api_writes_allowed=host.api_writes_allowed, last_report=session.last_report,
+                   mode_names=server.mode_names,
+                   default_enabled=lambda: bool(host.opts_value(keys.SETTING_DEFAULT_ENABLED, False)),
+                   default_banks=lambda: list(args.parse_bank_list(
+                       host.opts_value(keys.SETTING_DEFAULT_BANKS, []))))
 
 
 class BankNotFound(BankError):
@@ -80,7 +81,7 @@ class BankService:
     def is_enforced(self, name: str) -> bool:
         try:
             self.backend.guard_change(name)
-        except extension.EnforcementError:
+        except enforcement.EnforcementError:
             return True
         return False
 
@@ -249,7 +250,7 @@ def register_routes(app, service: BankService, dependencies: list) -> None:
                                      "--enable-insecure-extension-access")
         try:
             return operation()
-        except extension.EnforcementError as error:
+        except enforcement.EnforcementError as error:
             raise HTTPException(403, str(error)) from None
         except BankNotFound as error:
             raise HTTPException(404, str(error)) from None

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from . import ENGINE_VERSION
+from lib_safedenoise import ENGINE_VERSION
 from .kernel import derived, per_image
 from .latent_bank import LatentBank
 from .modes import MODES, BankEffect, Step, resolve_mode
