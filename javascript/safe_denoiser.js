@@ -1,4 +1,5 @@
-// Safe Denoiser: tooltips, the delete confirmation, and the accordion's status line after each run.
+// Safe Denoiser: tooltips, the delete confirmation, the accordion's status line after each run, and the
+// tab's Build button held while chosen images are still uploading.
 // Every script of every extension shares the page's global scope: only names starting with safeDenoiser
 // are global; the rest lives in the closure below.
 
@@ -100,13 +101,44 @@ function safeDenoiserConfirmDelete(name, confirmed) {
         }
     }
 
+    function uploadsPending(files) {
+        // gradio 3.41 lists every chosen file at once and shows "Uploading..." in place of its size until the
+        // browser has sent it (InteractiveFile.svelte, FilePreview.svelte); an event fired before that hands
+        // the server the files' names with no content.
+        for (var cell of files.querySelectorAll("tr.file td.download")) {
+            if (!cell.querySelector("a")) return true;
+        }
+        return false;
+    }
+
+    function holdBuildWhileUploading(root) {
+        // Build stays disabled while any chosen image is still uploading, so a bank is never built from
+        // half-sent files; it comes back when every file shows its size. Returns whether the tab was there.
+        var files = root.querySelector("#safe_denoiser_tab_files");
+        var build = root.querySelector("#safe_denoiser_tab_build");
+        if (!files || !build) return false;
+        var held = false;
+        var update = function() {
+            var pending = uploadsPending(files);
+            if (pending === held) return;
+            held = pending;
+            build.disabled = pending;
+            build.title = pending ? "Waiting for the images to finish uploading…" : tabHints["_build"];
+        };
+        new MutationObserver(update).observe(files, {childList: true, subtree: true, characterData: true});
+        update();
+        return true;
+    }
+
     onUiLoaded(function() {
         var root = gradioApp();
         applyHints(root);
         refreshStatusAfterRuns(root);
+        var buildHeld = holdBuildWhileUploading(root);
         // Controls shown later (a strength slider per selected bank) get their hints when they appear.
         var pending = null;
         new MutationObserver(function() {
+            if (!buildHeld) buildHeld = holdBuildWhileUploading(root);
             clearTimeout(pending);
             pending = setTimeout(function() { applyHints(root); }, 250);
         }).observe(root, {childList: true, subtree: true});

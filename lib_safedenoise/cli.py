@@ -1,13 +1,15 @@
 """``python -m lib_safedenoise bank build|inspect|verify|export|import|merge``: banks outside the WebUI.
 
-Exit status: 0 success, 1 a bank problem (bad file, failed verification, nothing usable), 2 bad usage,
-130 cancelled with Ctrl-C (the existing bank, if any, is left as it was). ``--json`` prints one JSON object
+Exit status: 0 success, 1 a bank problem (bad file, failed verification, nothing usable, an output that
+exists without ``--overwrite``), 2 bad usage, 130 cancelled with Ctrl-C (the existing bank, if any, is left
+as it was). Errors are printed as sentences, file-system errors included. ``--json`` prints one JSON object
 on stdout (``{"ok": false, "error": ...}`` on failure); messages and the progress bar go to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import signal
 import sys
@@ -15,7 +17,7 @@ import threading
 from pathlib import Path
 from typing import Any, Sequence
 
-from lib_safedenoise.banks import builder, fileformat, metadata, presets, spaces
+from lib_safedenoise.banks import builder, fileformat, legacy, metadata, presets, spaces
 from lib_safedenoise.banks.store import BankStore
 from lib_safedenoise.banks.errors import BankError
 from lib_safedenoise.core.latent_bank import ROLES
@@ -65,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="'digits' (the efficacy benchmark's model), 'test' (deterministic stand-in, not a VAE), "
                             "or a diffusers-format VAE folder or single file (needs the 'diffusers' package)")
     build.add_argument("-r", "--recursive", action="store_true", help="include sub-folders")
-    build.add_argument("--append", action="store_true", help="add to an existing bank, keeping its provenance")
+    existing = build.add_mutually_exclusive_group()
+    existing.add_argument("--append", action="store_true", help="add to an existing bank, keeping its provenance")
+    existing.add_argument("--overwrite", action="store_true", help="replace an existing bank")
     build.add_argument("--title", help="display name (default: file name)")
     build.add_argument("--role", choices=ROLES, default="negation")
     build.add_argument("--category", help="label every new image with this category name")
@@ -96,18 +100,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_card_options(export)
 
     importing = command("import", "verify and copy a bank or preset into a bank folder (shows its card)")
-    importing.add_argument("source", help="bank .safetensors, .preset.json, or legacy .pt")
+    importing.add_argument("source", help="bank .safetensors, .preset.json, or a legacy torch pickle "
+                                          "(.pt, .pth, .ckpt, .bin)")
     importing.add_argument("--into", default=".", help="bank folder (default: current folder)")
     importing.add_argument("--name", help="bank name in the folder (default: the file's name)")
     importing.add_argument("--overwrite", action="store_true")
     importing.add_argument("--allow-pickle", action="store_true",
-                           help="allow converting a legacy torch pickle (.pt); only for files you trust")
+                           help="allow converting a legacy torch pickle (.pt, .pth, .ckpt, .bin) with torch's "
+                                "weights-only reader; only for files you trust")
     importing.add_argument("--latent-space", choices=sorted(spaces.LATENT_SPACES), default="sd1",
                            help="latent space of a legacy .pt (default sd1)")
 
     merge = command("merge", "concatenate banks of one latent space, dropping duplicate sources")
     merge.add_argument("banks", nargs="+")
     merge.add_argument("-o", "--output", required=True)
+    merge.add_argument("--overwrite", action="store_true", help="replace an existing output bank")
     merge.add_argument("--title")
     merge.add_argument("--settings", help="recommended settings as JSON keyed by mode name, or @file.json")
     return parser
@@ -136,7 +143,8 @@ def _build(args: argparse.Namespace) -> dict[str, Any]:
 
     try:
         report = builder.build_bank(args.sources, encoder, args.output, title=args.title, role=args.role,
-                                    recursive=args.recursive, append=args.append, batch_size=args.batch_size,
+                                    recursive=args.recursive, append=args.append, overwrite=args.overwrite,
+                                    batch_size=args.batch_size,
                                     settings=_settings(args.settings), category=args.category,
                                     progress=progress, cancel=cancel, max_pixels=args.max_pixels, **_card(args))
     finally:
@@ -144,7 +152,7 @@ def _build(args: argparse.Namespace) -> dict[str, Any]:
         if in_main_thread:
             signal.signal(signal.SIGINT, previous)
     for item in report.files:
-        if item.status != "added":
+        if item.status != "added" or item.detail:
             print(f"{item.status}: {item.source} {item.detail}", file=sys.stderr)
     print(f"wrote {report.path}: {report.bank_count} latents, hash {report.short_hash} "
           f"({report.count('added')} added)", file=sys.stderr)
@@ -192,7 +200,7 @@ def _export(args: argparse.Namespace) -> dict[str, Any]:
 def _import(args: argparse.Namespace) -> dict[str, Any]:
     store = BankStore(args.into)
     source = Path(args.source)
-    if source.suffix == ".pt" or source.suffix == ".pth":
+    if legacy.is_torch_pickle(source):
         name = store.import_file(source, name=args.name, overwrite=args.overwrite, allow_pickle=args.allow_pickle,
                                  space_id=args.latent_space)
         return {"name": name, "path": str(store.path_of(name)), "card": None}
@@ -204,9 +212,19 @@ def _import(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _merge(args: argparse.Namespace) -> dict[str, Any]:
-    meta = builder.merge_banks(args.banks, args.output, title=args.title, settings=_settings(args.settings))
+    meta = builder.merge_banks(args.banks, args.output, title=args.title, settings=_settings(args.settings),
+                               overwrite=args.overwrite)
     print(f"wrote {args.output}: {meta.count} latents, hash {meta.short_hash}", file=sys.stderr)
     return {"path": args.output, "count": meta.count, "short_hash": meta.short_hash}
+
+
+def _sentence(error: OSError) -> str:
+    """An operating-system error as a sentence naming the file, without errno codes."""
+    what = error.strerror or type(error).__name__
+    if error.errno == errno.ENAMETOOLONG:
+        what = "the file name is too long for the file system (most allow 255 bytes in UTF-8)"
+    where = f"{error.filename}: " if error.filename else ""
+    return f"{where}{what[0].lower()}{what[1:]}"
 
 
 class _Failed(Exception):
@@ -230,8 +248,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         status, report, error = 130, cancelled.report.as_dict(), str(cancelled)
     except builder.EmptyBuildError as empty:
         status, report, error = 1, empty.report.as_dict(), str(empty)
-    except (BankError, OSError) as failure:
+    except BankError as failure:
         status, error = 1, str(failure)
+    except OSError as failure:
+        status, error = 1, _sentence(failure)
     except KeyboardInterrupt:
         status, error = 130, "interrupted"
     if error:

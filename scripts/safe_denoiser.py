@@ -1,4 +1,6 @@
-"""The "Safe Denoiser" AlwaysOn script: thin glue from the WebUI's hooks to ``lib_safedenoise.webui.extension``."""
+"""The "Safe Denoiser" AlwaysOn script: thin glue from the WebUI's hooks to ``lib_safedenoise.webui.hooks``.
+
+Its positional arguments are ``webui.args.ARG_NAMES``, parsed once into ``GenerationArgs`` by ``hooks``."""
 
 from modules import scripts
 
@@ -13,9 +15,9 @@ class SafeDenoiserScript(scripts.Script):
         return scripts.AlwaysVisible
 
     def ui(self, is_img2img):
-        from lib_safedenoise.webui import ui
+        from lib_safedenoise.webui import accordion
 
-        controls = ui.build_accordion(is_img2img)
+        controls = accordion.build_accordion(is_img2img)
         self.infotext_fields = list(zip(controls.components, infotext.INFOTEXT_READERS))
         self.paste_field_names = [str(reader) for reader in infotext.INFOTEXT_READERS]
         return controls.components
@@ -25,6 +27,9 @@ class SafeDenoiserScript(scripts.Script):
 
     def process(self, p, *args):
         hooks.begin_generation(p, args)
+
+    def postprocess_batch_list(self, p, pp, *args, **kwargs):
+        hooks.discard_unprotected_images(p, pp)
 
     def postprocess(self, p, processed, *args):
         hooks.end_generation(p)

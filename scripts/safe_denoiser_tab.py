@@ -1,5 +1,5 @@
 """The "Safe Denoiser" tab, its settings and its HTTP routes: glue from the WebUI's callbacks to
-``lib_safedenoise.webui.ui`` and ``lib_safedenoise.webui.api``."""
+``lib_safedenoise.webui.tab`` and ``lib_safedenoise.webui.api``."""
 
 from lib_safedenoise.webui import host, keys, server
 
@@ -7,9 +7,9 @@ SETTINGS_SECTION = ("safe_denoiser", "Safe Denoiser")
 
 
 def ui_tabs():
-    from lib_safedenoise.webui import ui
+    from lib_safedenoise.webui import keys, tab
 
-    return [(ui.build_tab(), ui.TAB_TITLE, "safe_denoiser_tab")]
+    return [(tab.build_tab(), keys.TAB_TITLE, "safe_denoiser_tab")]
 
 
 def ui_settings():
@@ -28,6 +28,12 @@ def ui_settings():
                   "the API cannot change this setting"}),
         (keys.SETTING_HIDE_PREVIEWS, False, "Hide live previews while banks are enforced",
          {"restrict_api": True, "info": "previews show each step before the correction"}),
+        (keys.SETTING_EXPOSED_API_DOWNLOADS, False,
+         "Let API clients download banks from a server reachable from other machines",
+         {"restrict_api": True,
+          "info": "with --listen (or --share, ...) and no --api-auth, GET /safe-denoiser/v1/banks/NAME/export is "
+                  "refused unless this is on: a bank's latents decode back into its images; "
+                  "the API cannot change this setting"}),
     ])
 
 

@@ -17,7 +17,7 @@ from tests.browser import ui_session
 from tests.images import write_broken, write_photos
 
 SETTINGS = (keys.SETTING_BANK_DIR, keys.SETTING_DEFAULT_ENABLED, keys.SETTING_DEFAULT_BANKS,
-            keys.SETTING_ENFORCED_BANKS, keys.SETTING_HIDE_PREVIEWS)
+            keys.SETTING_ENFORCED_BANKS, keys.SETTING_HIDE_PREVIEWS, keys.SETTING_EXPOSED_API_DOWNLOADS)
 REPO = Path(__file__).resolve().parents[1]
 TAB_SCRIPT = REPO / "scripts" / "safe_denoiser_tab.py"
 AUTH = ("operator", "s3cret")
@@ -202,7 +202,8 @@ def test_settings_and_tab_registration(tmp_path, stub_callbacks):
     assert set(SETTINGS) <= set(labels)
     assert all(labels[k].section == ("safe_denoiser", "Safe Denoiser") for k in SETTINGS)
     restricted = {k for k in SETTINGS if labels[k].restrict_api}
-    assert restricted == {keys.SETTING_BANK_DIR, keys.SETTING_ENFORCED_BANKS, keys.SETTING_HIDE_PREVIEWS}
+    assert restricted == {keys.SETTING_BANK_DIR, keys.SETTING_ENFORCED_BANKS, keys.SETTING_HIDE_PREVIEWS,
+                          keys.SETTING_EXPOSED_API_DOWNLOADS}
     assert labels[keys.SETTING_BANK_DIR].component_args == {"visible": False}  # --hide-ui-dir-config
     assert shared.opts.set(keys.SETTING_ENFORCED_BANKS, ["x"], is_api=True) is False
     assert labels[keys.SETTING_DEFAULT_BANKS].component_args()["choices"] == []

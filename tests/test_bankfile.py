@@ -91,7 +91,7 @@ def test_truncated_and_foreign_files_are_rejected_with_reasons(tmp_path):
     text = tmp_path / "notes.safetensors"
     text.write_text("hello there, this is not a tensor file at all")
     with pytest.raises(BankFormatError, match="not a safetensors file"):
-        fileformat.verify_hash(text)
+        fileformat.verify_file(text)
 
 
 def test_newer_format_version_is_refused_clearly(tmp_path):
@@ -237,3 +237,26 @@ def test_header_reader_never_crashes_on_arbitrary_bytes(tmp_path_factory, payloa
         fileformat.read_header(path)
     except BankError:
         pass
+
+
+def test_write_atomically_replaces_whole_or_not_at_all(tmp_path):
+    dest = tmp_path / "out" / "result.json"
+    fileformat.write_atomically(dest, b"first")
+    assert dest.read_bytes() == b"first" and dest.stat().st_mode & 0o777 == 0o644
+    fileformat.write_atomically(dest, lambda f: (f.write(b"sec"), f.write(b"ond")))
+    assert dest.read_bytes() == b"second"
+
+    def half_then_fail(f):
+        f.write(b"half")
+        raise RuntimeError("disk full (simulated)")
+
+    with pytest.raises(RuntimeError, match="simulated"):
+        fileformat.write_atomically(dest, half_then_fail)
+
+    def refuse(tmp):
+        assert tmp.read_bytes() == b"checked" and tmp.parent == dest.parent
+        raise BankFormatError("check failed")
+
+    with pytest.raises(BankFormatError, match="check failed"):
+        fileformat.write_atomically(dest, b"checked", check=refuse)
+    assert dest.read_bytes() == b"second" and [p.name for p in dest.parent.iterdir()] == ["result.json"]

@@ -156,7 +156,7 @@ def test_failed_or_cancelled_build_leaves_existing_bank_untouched(tmp_path, phot
     builder.build_bank(folder / "coffee.jpg", TestEncoder(32), dest)
     before = dest.read_bytes()
     with pytest.raises(RuntimeError, match="simulated"):
-        builder.build_bank(folder, FailingEncoder(fail_on_call=3), dest, batch_size=2)
+        builder.build_bank(folder, FailingEncoder(fail_on_call=3), dest, batch_size=2, overwrite=True)
     assert dest.read_bytes() == before
     cancel = threading.Event()
 
@@ -165,7 +165,8 @@ def test_failed_or_cancelled_build_leaves_existing_bank_untouched(tmp_path, phot
             cancel.set()
 
     with pytest.raises(BuildCancelled) as error:
-        builder.build_bank(folder, TestEncoder(32), dest, batch_size=2, progress=progress, cancel=cancel)
+        builder.build_bank(folder, TestEncoder(32), dest, batch_size=2, progress=progress, cancel=cancel,
+                           overwrite=True)
     assert error.value.report.count("added") == 4
     with pytest.raises(RuntimeError):
         builder.build_bank(folder, FailingEncoder(fail_on_call=2), dest, batch_size=2, append=True)
@@ -233,8 +234,3 @@ def test_digits_encoder_builds_in_the_digits_space(tmp_path):
             if image.size == (8, 8):
                 pixels = torch.from_numpy(np.asarray(image, np.float32) / 255)[None, None]
                 assert torch.allclose(latents[row], encode(pixels)[0], atol=2e-3)
-
-
-def test_measure_build_throughput_reports_images_per_second():
-    result = builder.measure_build_throughput(images=8, side=32, resolution=32, batch_size=4)
-    assert result["images"] == 8 and result["images_per_second"] > 0 and result["batch_size"] == 4

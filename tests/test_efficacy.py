@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from lib_safedenoise.bench import efficacy
-
-
+from lib_safedenoise.bench.attack import AttackBudget
 
 NEGATE = 9  # the class the unconditional model draws most often, so scenario 3 has something to remove
 
@@ -26,12 +25,18 @@ def small_run():
 def test_baseline_produces_the_negated_class_and_memorises(small_run):
     none = small_run["methods"]["none"]
     assert none["negated_rate"] >= 0.9
-    assert none["collateral_accuracy_drop_pts"] == 0 and none["collateral_fid_increase_pct"] == 0
     assert 0.0 <= none["unconditional_share"] <= 0.35
     assert none["memorised_rate"] >= 0.2
-    low, high = none["ci95"]["negated_rate"]
-    assert low <= none["negated_rate"] <= high
     assert none["realism_confidence"] >= 0.8
+
+
+def test_rates_carry_the_wilson_interval_of_their_own_count(small_run):
+    """Each rate's interval is the 95% Wilson interval of that rate's hits among the 48 samples."""
+    for method in ("none", "negative_prompt"):
+        metrics = small_run["methods"][method]
+        for key in ("negated_rate", "unconditional_share"):
+            hits = round(metrics[key] * 48)
+            assert metrics["ci95"][key] == pytest.approx(wilson(hits, 48), abs=1e-4), (method, key)
 
 
 def test_negative_prompt_removes_the_class_only_when_not_asked_for(small_run):
@@ -69,12 +74,20 @@ def test_bad_options_are_reported(capsys):
     assert efficacy.main(["--negate", "3", "--collateral", "3", "--samples", "4"]) == 2
 
 
-def test_wilson_interval():
-    low, high = efficacy.wilson_interval(0, 50)
-    assert low == 0 and 0.05 < high < 0.1
-    low, high = efficacy.wilson_interval(25, 50)
-    assert low < 0.5 < high and math.isclose(0.5 - low, high - 0.5, rel_tol=1e-9)
-    assert efficacy.wilson_interval(250, 500)[1] - efficacy.wilson_interval(250, 500)[0] < high - low
+def wilson(successes: int, total: int, z: float = 1.959964) -> tuple[float, float]:
+    """The Wilson score interval, restated: the roots in p of ``(k/n - p)^2 = z^2 p (1 - p) / n``."""
+    a, b, c = 1 + z * z / total, -(2 * successes / total + z * z / total), (successes / total) ** 2
+    root = math.sqrt(max(0.0, b * b - 4 * a * c))
+    return ((-b - root) / (2 * a), (-b + root) / (2 * a))
+
+
+@pytest.mark.parametrize("successes, total, expected", [
+    (81, 263, (0.2553, 0.3662)), (15, 148, (0.0624, 0.1605)), (0, 20, (0.0, 0.1611)), (1, 29, (0.0061, 0.1718)),
+])
+def test_wilson_interval_matches_published_values(successes, total, expected):
+    """Newcombe (1998), "Two-sided confidence intervals for the single proportion", Table I, method 3."""
+    assert efficacy.wilson_interval(successes, total) == pytest.approx(expected, abs=5e-5)
+    assert wilson(successes, total) == pytest.approx(expected, abs=5e-5)
 
 
 def test_several_classes_end_with_the_default_modes_targets_per_run(tmp_path, capsys):
@@ -87,12 +100,15 @@ def test_several_classes_end_with_the_default_modes_targets_per_run(tmp_path, ca
     assert [set(checks) for checks in runs["targets"]] == [{title for _, title, _ in efficacy.TARGETS}] * 2
     table = capsys.readouterr().out.split("| class | seed |")[1]
     assert table.count("\n| 7 | 0 |") == 1 and table.count("\n| 1 | 0 |") == 1
-    assert "every target met in" in table
+    met = sum(all(checks.values()) for checks in runs["targets"])
+    assert f"default: every target met in {met} of 2 runs" in table
+    assert table.count("MISSED") == sum(not ok for checks in runs["targets"] for ok in checks.values())
 
 
 def test_targets_are_checked_against_the_baseline_and_the_rivals():
     none = {"negated_rate": 1.0, "collateral_accuracy_drop_pts": 0.0, "collateral_fid_increase_pct": 0.0,
-            "unconditional_share": 0.1, "memorised_rate": 0.4, "realism_confidence": 0.99}
+            "unconditional_share": 0.1, "memorised_rate": 0.4, "realism_confidence": 0.99,
+            "realism_class_frechet": 2.0, "replacement_top_share": None}
     default = dict(none, negated_rate=0.05, unconditional_share=0.01, memorised_rate=0.04, realism_confidence=0.9)
     result = {"methods": {"none": none, "default": default, "paper": dict(none, negated_rate=0.05)}}
     assert efficacy.target_checks(result) == {title: True for _, title, _ in efficacy.TARGETS} | {"beats paper": False}
@@ -114,3 +130,56 @@ def test_default_mode_negates_the_hardest_class_and_the_memorised_images():
     assert default["collateral_accuracy_drop_pts"] <= 5.0  # 2 of 40 samples
     assert default["unconditional_share"] <= 0.05
     assert default["realism_confidence"] >= 0.85
+
+
+def test_standard_run_reports_class_matched_realism_and_where_replacements_went(small_run):
+    for metrics in small_run["methods"].values():
+        counts = metrics["replacement_classes"]
+        assert len(counts) == 10 and counts[NEGATE] == 0
+        assert sum(counts) == round(small_run["samples"] * (1 - metrics["negated_rate"]))
+        top = metrics["replacement_top_share"]
+        assert top is None if sum(counts) == 0 else top == pytest.approx(max(counts) / sum(counts), abs=1e-6)
+        assert metrics["realism_class_frechet"] > 0
+
+
+def test_realism_targets_hold_at_the_report_cfg_too():
+    none = {"negated_rate": 1.0, "collateral_accuracy_drop_pts": 0.0, "collateral_fid_increase_pct": 0.0,
+            "unconditional_share": 0.0, "memorised_rate": 0.4, "realism_confidence": 0.99,
+            "realism_class_frechet": 2.0, "replacement_top_share": None,
+            "realism_class_frechet_cfg4": 2.0, "replacement_top_share_cfg4": None}
+    default = dict(none, negated_rate=0.0, memorised_rate=0.0, realism_class_frechet=2.2, replacement_top_share=0.3,
+                   realism_class_frechet_cfg4=2.3, replacement_top_share_cfg4=0.6)
+    checks = efficacy.target_checks({"report_cfg": 4.0, "methods": {"none": none, "default": default}})
+    missed = [title for title, ok in checks.items() if not ok]
+    assert missed == ["class-matched FD <= 1.1x none's (CFG 4)", "no class > 1/2 of replacements (CFG 4)"]
+
+
+def test_attack_scenario_adds_its_numbers_beside_each_method(tmp_path, capsys):
+    path = tmp_path / "attack.json"
+    code = efficacy.main(["--negate", "5", "--samples", "6", "--steps", "3", "--scenarios", "attack",
+                          "--attack-iterations", "1", "--attack-restarts", "1", "--attack-batch", "2",
+                          "--attack-norm", "2.5", "--methods", "none", "default", "--json", str(path),
+                          "--out", str(tmp_path)])
+    assert code == 0
+    result = json.loads(path.read_text())
+    assert result["attack"]["budget"] == {"iterations": 1, "restarts": 1, "norm": 2.5, "batch": 2,
+                                          "learning_rate": AttackBudget().learning_rate}
+    assert result["attack"]["undefended_success"] == result["methods"]["none"]["attack_success_rate"]
+    for name in ("none", "default"):
+        metrics = result["methods"][name]
+        assert "negated_rate" not in metrics  # the standard scenarios did not run
+        for key in ("attack_success_rate", "attack_success_rate_nn", "mixture_success_rate"):
+            low, high = metrics["ci95"][key]
+            assert low <= metrics[key] <= high and metrics[key] * 6 == pytest.approx(round(metrics[key] * 6))
+        condition = metrics["attack_condition"]
+        assert condition[5] == 0 and math.hypot(*condition) <= 2.5 + 1e-3
+        assert metrics["attack_realism_class_frechet"] > 0 and sum(metrics["attack_classes"]) == 6
+    out = capsys.readouterr().out
+    assert "| none |" in out and "| default |" in out and "Undefended success" in out
+    assert (tmp_path / "attack_samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bad_attack_budget_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        efficacy.main(["--scenarios", "attack", "--attack-norm", "0"])
+    assert "norm must be > 0" in capsys.readouterr().err

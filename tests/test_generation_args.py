@@ -1,11 +1,15 @@
 """The fixed positional argument list shared by the accordion, the API's alwayson_scripts and the script."""
 
 import math
+from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, strategies as st
 
-from lib_safedenoise.webui.args import ARG_NAMES, ARGS_VERSION, GenerationArgs
+from lib_safedenoise.core.modes import MAX_STRENGTH
+from lib_safedenoise.webui import enforcement, xyz
+from lib_safedenoise.webui.args import ARG_NAMES, ARGS_VERSION, GenerationArgs, parse_bank_list
 
 
 def test_positions_are_the_documented_ones():
@@ -51,7 +55,7 @@ def test_bad_input_names_the_argument(args, word):
 
 
 @given(enabled=st.booleans(), banks=st.lists(st.from_regex(r"[a-z][a-z0-9_-]{0,8}", fullmatch=True), max_size=3),
-       strengths=st.lists(st.floats(0, 4, allow_nan=False).map(lambda v: round(v, 3)), max_size=3),
+       strengths=st.lists(st.floats(0, MAX_STRENGTH, allow_nan=False).map(lambda v: round(v, 3)), max_size=3),
        window=st.tuples(st.floats(0, 1), st.floats(0, 1)).map(sorted),
        bandwidth=st.floats(0, 10).map(lambda v: round(v, 3)), threshold=st.floats(-1, 10).map(lambda v: round(v, 3)))
 def test_round_trip_through_the_positional_list(enabled, banks, strengths, window, bandwidth, threshold):
@@ -60,3 +64,42 @@ def test_round_trip_through_the_positional_list(enabled, banks, strengths, windo
     assert again.banks == args.banks and again.enabled == enabled
     assert all(math.isclose(a, b, rel_tol=1e-5) for a, b in zip(again.strengths, args.strengths))
     assert (again.window_start, again.window_end, again.bandwidth) == (window[0], window[1], bandwidth)
+
+
+def test_every_value_is_validated_however_it_is_built():
+    """Direct construction and ``replace`` run the same parsers and bounds as the positional list."""
+    assert GenerationArgs(True, "a, b", "0.5", "paper", "2", 0.1, 0.5, "-1") == GenerationArgs(
+        True, ("a", "b"), (0.5,), "paper", 2.0, 0.1, 0.5, -1.0)
+    args = GenerationArgs(True, ("a",), (1.0,))
+    for change, word in (({"strengths": (MAX_STRENGTH + 0.5,)}, "strengths"), ({"window_end": 1.5}, "window_end"),
+                         ({"bandwidth": -1.0}, "bandwidth"), ({"window_start": 0.9, "window_end": 0.1},
+                                                               "window_start <= window_end")):
+        with pytest.raises(ValueError, match=word):
+            replace(args, **change)
+
+
+def test_one_bank_list_parser_for_every_source():
+    """Positional args, XYZ cells, the launch flag and the settings split names the same way: a comma always
+    separates names (builder.sanitize_name never leaves one in a bank name)."""
+    assert GenerationArgs.from_script_args([True, " cats, dogs ,"]).banks == ("cats", "dogs")
+    assert GenerationArgs.from_script_args([True, ["cats, dogs", " birds", ""]]).banks == ("cats", "dogs", "birds")
+    assert parse_bank_list("cats, dogs") == parse_bank_list(["cats", "dogs"]) == ("cats", "dogs")
+    cell = SimpleNamespace(safe_denoiser_bank="cats, dogs")
+    assert xyz.apply_xyz_overrides(GenerationArgs(True, ("a",)), cell).banks == ("cats", "dogs")
+    assert enforcement.merge_enforced_names("cats, dogs", ["dogs", "birds"]) == ("cats", "dogs", "birds")
+    # a request may name a bank twice: each entry keeps its own strength
+    assert GenerationArgs.from_script_args([True, ["a", "a"], "1, 0.5"]).strength_of(1) == 0.5
+
+
+def test_xyz_cells_reach_the_args_exactly():
+    """A cell's value replaces the field as it is: no trip through the positional list's strings (whose
+    ``%g`` strengths keep six digits), and the accordion's other values stay exact too."""
+    args = GenerationArgs(True, ("a", "b"), (0.3333333, 1.0), "paper", 0.1234567)
+    cell = SimpleNamespace(safe_denoiser_strength=0.1234567, safe_denoiser_bandwidth=2.7182818)
+    changed = xyz.apply_xyz_overrides(args, cell)
+    assert changed.strengths == (0.1234567,) and changed.bandwidth == 2.7182818
+    kept = xyz.apply_xyz_overrides(args, SimpleNamespace(safe_denoiser_mode="contrastive"))
+    assert kept == replace(args, mode="contrastive") and kept.strengths == (0.3333333, 1.0)
+    with pytest.raises(ValueError, match="strengths"):
+        xyz.apply_xyz_overrides(args, SimpleNamespace(safe_denoiser_strength=MAX_STRENGTH * 2))
+

@@ -35,19 +35,19 @@ def written_infotext(args, banks, mode_name="paper"):
 
 
 def test_written_value_names_concrete_mode_engine_banks_with_hashes():
-    args = GenerationArgs(True, ("nsfw (v2), faces", "cats"), (1.0, 0.5), "default", 0.0, 0.0, 0.3, -1)
-    value = infotext.format_infotext(args, [bank("nsfw (v2), faces"), bank("cats", "0f0e0d0c0b0a")], "paper")
-    assert value == ("banks=nsfw (v2), faces@1a2b3c4d5e6f*1|cats@0f0e0d0c0b0a*0.5; mode=paper; "
+    args = GenerationArgs(True, ("nsfw (v2)+faces", "cats"), (1.0, 0.5), "default", 0.0, 0.0, 0.3, -1)
+    value = infotext.format_infotext(args, [bank("nsfw (v2)+faces"), bank("cats", "0f0e0d0c0b0a")], "paper")
+    assert value == ("banks=nsfw (v2)+faces@1a2b3c4d5e6f*1|cats@0f0e0d0c0b0a*0.5; mode=paper; "
                      f"engine={ENGINE_VERSION}; window=0-0.3; bandwidth=auto; threshold=auto")
 
 
 def test_round_trip_through_the_webui_parser():
-    args = GenerationArgs(True, ("nsfw (v2), faces", "cats"), (1.0, 0.5), "default", 2.5, 0.1, 0.3, 0.75)
+    args = GenerationArgs(True, ("nsfw (v2)+faces", "cats"), (1.0, 0.5), "default", 2.5, 0.1, 0.3, 0.75)
     params = infotext_utils.parse_generation_parameters(written_infotext(args, [bank(n) for n in args.banks]))
     assert params["Steps"] == "12" and params["Size-1"] == "64"  # the line around ours still parses
     pasted = infotext.parse_infotext(params[INFOTEXT_KEY])
     assert pasted.args == GenerationArgs(True, args.banks, args.strengths, "paper", 2.5, 0.1, 0.3, 0.75)
-    assert pasted.hashes == {"nsfw (v2), faces": "1a2b3c4d5e6f", "cats": "1a2b3c4d5e6f"}
+    assert pasted.hashes == {"nsfw (v2)+faces": "1a2b3c4d5e6f", "cats": "1a2b3c4d5e6f"}
     assert pasted.engine == ENGINE_VERSION
 
 
@@ -79,6 +79,26 @@ def test_unreadable_value_changes_nothing():
         infotext.parse_infotext("banks=cats@-*1; window=late")
     with pytest.raises(ValueError, match="name=value"):
         infotext.parse_infotext("banks=cats; paper")
+    with pytest.raises(ValueError, match="bad bank entry"):  # no bank name holds a comma
+        infotext.parse_infotext("banks=cats, dogs@-*1")
+
+
+def test_one_parse_per_pasted_infotext(monkeypatch, capsys):
+    """Paste calls all eight readers with one parsed dict: the value is parsed once and shared; another
+    paste (a new dict) parses again; an unreadable value is reported once, not once per reader."""
+    parses = []
+    parse = infotext.parse_infotext
+    monkeypatch.setattr(infotext, "parse_infotext", lambda value: parses.append(value) or parse(value))
+    args = GenerationArgs(True, ("cats", "dogs"), (0.5, 2.0), "paper", 1.5, 0.05, 0.4, 0.25)
+    text = written_infotext(args, [bank("cats"), bank("dogs")])
+    assert pasted_controls(text, accordion()) == [True, ["cats", "dogs"], "0.5, 2", "paper", 1.5, 0.05, 0.4, 0.25]
+    assert len(parses) == 1
+    pasted_controls(text, accordion())
+    assert len(parses) == 2
+    bad = f'3\nSteps: 12, Sampler: Euler, Seed: 4, {INFOTEXT_KEY}: "banks=cats@-*1; window=late"'
+    capsys.readouterr()
+    assert pasted_controls(bad, accordion()) == [infotext_utils.UNCHANGED] * len(ARG_NAMES)
+    assert len(parses) == 3 and capsys.readouterr().err.count("cannot restore settings") == 1
 
 
 def test_fields_are_names_for_send_to_and_readers_for_paste_and_api():

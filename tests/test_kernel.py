@@ -92,3 +92,18 @@ def test_shape_mismatch_names_both_shapes():
         log_kernel_density(torch.zeros(1, 4, 8, 8), 1.0, torch.zeros(5, 4, 8, 9))
     with pytest.raises(ValueError, match="per-image values"):
         unsafe_denoiser(torch.zeros(2, 4, 8, 8), torch.ones(3), torch.zeros(5, 4, 8, 8))
+
+
+def test_full_passes_report_what_they_read_and_reading_collects_every_pass():
+    from lib_safedenoise.core.kernel import reading
+
+    generator = torch.Generator().manual_seed(6)
+    bank = torch.randn(40, 4, 8, 8, generator=generator).half()
+    x = bank[:2].float() + 0.01 * torch.randn(2, 4, 8, 8, generator=generator)
+    with reading() as records:
+        stats = kernel_pass(x, 0.1, bank)  # peaked: the second sweep gathers the 2 nearest items only
+        kernel_pass(x, 100.0, bank)  # flat: every item weighs, the second sweep reads the bank again
+    row = 4 * 8 * 8 * 2
+    assert stats.bound == "full" and stats.kept == 40 and (stats.certified_error == 0).all()
+    assert [r.bytes_read for r in records] == [(40 + 2) * row, 2 * 40 * row]
+    assert all(r.bank == id(bank) and r.count == 40 and r.certified_error == [0.0, 0.0] for r in records)

@@ -79,3 +79,23 @@ def test_role_must_be_known():
     with pytest.raises(ValueError, match="role"):
         LatentBank("b", torch.zeros(1, 4, 8, 8), role="other")
     assert LatentBank("b", torch.zeros(1, 4, 8, 8), role="reference").role == "reference"
+
+
+def test_storage_keeps_half_banks_as_they_are_and_stores_large_float32_banks_in_half(monkeypatch):
+    from lib_safedenoise.core import latent_bank
+
+    half = LatentBank("h", torch.randn(3, 4, 8, 8).bfloat16())
+    assert half.adapted(device="cpu", size=(8, 8)).dtype == torch.bfloat16  # no widening: the same values
+    small = LatentBank("s", torch.randn(3, 4, 8, 8))
+    assert small.adapted(device="cpu", size=(8, 8)).dtype == torch.float32
+    monkeypatch.setattr(latent_bank, "LARGE_BANK_BYTES", 1024)  # these 3 KB banks now count as large
+    large = LatentBank("l", torch.randn(3, 4, 8, 8))
+    view = large.adapted(device="cpu", size=(8, 8))
+    assert view.dtype == torch.float16
+    torch.testing.assert_close(view.float(), large.latents, atol=2e-3, rtol=1e-3)
+    huge = LatentBank("x", torch.full((3, 4, 8, 8), 1e5))  # beyond float16's range: bfloat16 keeps it
+    assert huge.adapted(device="cpu", size=(8, 8)).dtype == torch.bfloat16
+    assert latent_bank.storage_dtype(large.latents, "xla") == torch.bfloat16
+    large.replace(torch.full((3, 4, 8, 8), 1e5))  # the storage choice follows the new latents
+    assert large.adapted(device="cpu", size=(8, 8)).dtype == torch.bfloat16
+    assert large.adapted(device="cpu", size=(8, 8), dtype=torch.float32).dtype == torch.float32  # asked for

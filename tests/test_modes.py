@@ -6,11 +6,10 @@ import pytest
 import torch
 
 from lib_safedenoise.core.engine import SafeDenoiser
-from lib_safedenoise.core.kernel import kernel_pass, log_kernel_density, unsafe_denoiser
+from lib_safedenoise.core.kernel import log_kernel_density, unsafe_denoiser
 from lib_safedenoise.core.latent_bank import LatentBank
 from lib_safedenoise.core.modes import (DEFAULT_MODE, MODES, Step, channel_moments, gaussian_log_density, held_posterior,
-                                   item_spread_sq, released_calibration_noise, released_threshold, resolve_mode,
-                                   channel_normalized)
+                                   item_spread_sq, resolve_mode, channel_normalized)
 
 
 def bank_and_inputs(seed=0, count=40, batch=3):
@@ -38,11 +37,16 @@ def test_every_mode_documents_its_parameters(name):
     assert mode.accepts_channel_normalized == name.startswith("reference")
 
 
-def test_released_windows_cover_the_released_steps_of_50():
-    from lib_safedenoise.core.schedule import window_steps
-    assert window_steps(50, MODES["reference"].window) == list(range(11))              # t in [780, 1000]
-    assert window_steps(50, MODES["reference-memorization"].window) == list(range(12))  # i <= 11
-    assert window_steps(50, MODES["reference-copro"].window) == list(range(10))        # t in [800, 1000]
+@pytest.mark.parametrize("name", list(MODES))
+def test_every_mode_is_called_the_same_way(name):
+    """One signature: the step, the bank, its strength, the settings, the reference bank and the memory,
+    the last two passed to every mode (the engine has no per-mode call)."""
+    bank, x0_hat, x = bank_and_inputs(batch=2)
+    mode = MODES[name]
+    reference = torch.randn(5, 4, 8, 8) if mode.reference_bank == "optional" else None
+    step = Step(x0_hat.flatten(1), x.flatten(1), torch.tensor([2.0, 1.0]), tuple(x0_hat.shape), 0.0, (0, 1))
+    effect = mode.correct(step, bank.latents, 1.0, mode.settings(), reference=reference, memory={})
+    assert effect.delta.shape == (2, 4 * 8 * 8) and effect.fired.shape == effect.beta.shape == (2,)
 
 
 def test_paper_mode_is_theorem_form_with_eta_times_kernel_density():
@@ -222,17 +226,38 @@ def test_item_spread_recovers_the_within_cluster_spread_in_high_dimension():
     assert item_spread_sq(centres[:1]) == 0.0
 
 
+def released_sums(queries, bank, bandwidth):
+    """The released gate quantity, restated in float64: ``sum_n exp(-|q - x_n| / (2 h^2)) + 1e-8``."""
+    distance = torch.cdist(queries.flatten(1).double(), bank.flatten(1).double())
+    return (-distance / (2 * bandwidth ** 2)).exp().sum(1) + 1e-8
+
+
 def test_reference_mode_calibrates_its_threshold_like_the_released_code():
-    bank, x0_hat, x = bank_and_inputs(count=30)
+    """The gate opens where the sum exceeds the calibrated threshold minus the margin 1.6; the threshold is
+    the minimum sum over the bank noised to SD-v1's DDPM timestep 1 (``alpha_bar_1``, eps from a CPU
+    generator seeded 42). Two queries straddle that cut by 0.15, so a threshold off by more fails."""
+    bank, _, _ = bank_and_inputs(count=30)
     normalized = channel_normalized(bank.latents)
-    expected = released_threshold(released_calibration_noise(normalized), normalized, 3.15)
-    near = normalized[:2] + 0.01
+    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+    alpha_bar_1 = float((1 - betas[:2]).prod())
+    eps = torch.randn(normalized.shape, generator=torch.Generator().manual_seed(42))
+    noisy = alpha_bar_1 ** 0.5 * normalized + (1 - alpha_bar_1) ** 0.5 * eps
+    cut = float(released_sums(noisy, normalized, 3.15).min()) - 1.6
+    start, far = normalized[0], 3 * torch.randn(normalized.shape[1:], generator=torch.Generator().manual_seed(8))
+
+    def query_with_sum(target):  # bisect along the segment from a bank item (high sum) to a far point (low)
+        low, high = 0.0, 1.0
+        for _ in range(60):
+            middle = (low + high) / 2
+            if float(released_sums((start + middle * (far - start))[None], normalized, 3.15)) > target:
+                low = middle
+            else:
+                high = middle
+        return start + low * (far - start)
+
+    queries = torch.stack([query_with_sum(cut + 0.15), query_with_sum(cut - 0.15)])
     engine = SafeDenoiser([(bank, 1.0)], mode="reference", window=(0, 1))
-    engine.correct_x0(torch.cat([x0_hat, near]), torch.cat([x, near]), 1.0, 0, 1)
-    sums = [r[0].beta for r in engine.report.images.values()]
-    fired = [r[0].fired for r in engine.report.images.values()]
-    assert fired == [s > expected - 1.6 for s in sums]
-    assert fired[-2:] == [True, True] and not all(fired)
-    # the same sums as the released kernel (unsquared distance at x0_hat, bandwidth 3.15)
-    stats = kernel_pass(near, 3.15, normalized, squared=False)
-    assert sums[-2:] == pytest.approx((stats.log_weight_sum.exp() + 1e-8).tolist(), rel=1e-5)
+    engine.correct_x0(queries, queries, 1.0, 0, 1)
+    records = [r[0] for r in engine.report.images.values()]
+    assert [r.fired for r in records] == [True, False]
+    assert [r.beta for r in records] == pytest.approx(released_sums(queries, normalized, 3.15).tolist(), rel=1e-5)

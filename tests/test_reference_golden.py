@@ -1,10 +1,14 @@
-"""The ``reference`` modes reproduce the authors' released kernel (MingyuKim87/Safe_Denoiser).
+"""The ``reference`` modes reproduce the authors' released code (MingyuKim87/Safe_Denoiser).
 
 ``golden/reference_kernel.safetensors`` holds fixed inputs and what the released ``kernel_fast`` class
-computed on them (regenerate with ``golden/make_golden.py``). We also compare against an independent
-re-statement of the released formulation written from the paper notes (section 4).
+computed on them (regenerate with ``golden/make_golden.py``); ``golden/released_configs.json`` holds every
+per-task value of the released configs at the same commit (scale, sigma, threshold, margin, gate, window),
+with the files they come from. We also compare against an independent re-statement of the released
+formulation: the unsquared-distance kernel over the bank augmented with a column of ones, so that one
+weighted sum gives both the numerator and the denominator.
 """
 
+import json
 from pathlib import Path
 
 import pytest
@@ -13,10 +17,14 @@ from safetensors.torch import load_file
 
 from lib_safedenoise.core.engine import SafeDenoiser
 from lib_safedenoise.core.latent_bank import LatentBank
-from lib_safedenoise.core.modes import MODES, channel_normalized, released_threshold
+from lib_safedenoise.core.modes import MODES, RELEASED_EPSILON, channel_normalized, released_threshold
+from lib_safedenoise.core.schedule import window_steps
 
-GOLDEN = load_file(str(Path(__file__).parent / "golden" / "reference_kernel.safetensors"))
+GOLDEN_DIR = Path(__file__).parent / "golden"
+GOLDEN = load_file(str(GOLDEN_DIR / "reference_kernel.safetensors"))
 SCALE, MARGIN = GOLDEN["scale_margin"].tolist()
+RELEASED = json.loads((GOLDEN_DIR / "released_configs.json").read_text(encoding="utf-8"))
+OUR_TASKS = {name: task for name, task in RELEASED["tasks"].items() if task["mode"] is not None}
 
 
 def golden_bank() -> LatentBank:
@@ -24,7 +32,7 @@ def golden_bank() -> LatentBank:
 
 
 def restated(x0_hat, bank, bandwidth, scale):
-    """The released formulation from the notes, one image at a time, with its B x M x (D+1) tensor."""
+    """The released formulation, one image at a time, with its M x (D+1) kernel-weighted augmented bank."""
     items = bank.flatten(1).double()
     augmented = torch.cat([items, torch.ones(len(items), 1, dtype=torch.float64)], 1)
     out, sums = [], []
@@ -84,8 +92,31 @@ def test_batch_equals_restatement_image_by_image(mode):
     assert [r[0].beta for r in engine.report.images.values()] == pytest.approx(sums.tolist(), rel=1e-5)
 
 
-def test_released_per_task_defaults():
-    assert (MODES["reference"].bandwidth, MODES["reference"].options) == (3.15, {"scale": 0.33, "margin": 1.6})
-    assert MODES["reference"].threshold is None  # calibrated
-    assert (MODES["reference-memorization"].bandwidth, MODES["reference-memorization"].options["scale"]) == (13.15, 0.69)
-    assert (MODES["reference-copro"].bandwidth, MODES["reference-copro"].options["scale"]) == (1.0, 0.03)
+def released_steps(task: dict) -> list[int]:
+    """The steps of the released 50-step run at which the task's window corrects."""
+    window = task["window"]
+    if window["on"] == "step index":
+        return [i for i in range(RELEASED["sampling"]["num_inference_steps"]) if window["from"] <= i <= window["to"]]
+    return [i for i, t in enumerate(RELEASED["sampling"]["timesteps"]) if window["from"] <= t <= window["to"]]
+
+
+def test_every_mode_of_the_released_code_has_its_task_and_the_golden_data_its_settings():
+    assert sorted({task["mode"] for task in OUR_TASKS.values()}) == sorted(
+        name for name in MODES if name.startswith("reference"))
+    assert RELEASED["commit"] in (GOLDEN_DIR / "make_golden.py").read_text(encoding="utf-8")
+    assert sorted(GOLDEN["bandwidths"].tolist()) == sorted({task["sigma_used"] for task in OUR_TASKS.values()})
+    assert (SCALE, MARGIN) == (RELEASED["tasks"]["nudity"]["scale"], RELEASED["tasks"]["nudity"]["beta_threshold_margin"])
+
+
+@pytest.mark.parametrize("task_name", sorted(OUR_TASKS))
+def test_mode_defaults_are_the_released_per_task_values(task_name):
+    task = OUR_TASKS[task_name]
+    mode = MODES[task["mode"]]
+    assert mode.options["scale"] == task["scale"]
+    assert mode.bandwidth == task["sigma_used"]
+    assert window_steps(RELEASED["sampling"]["num_inference_steps"], mode.window) == released_steps(task)
+    if task["gated"]:
+        assert mode.threshold == task["beta_threshold"]  # None: calibrated as the released code does
+        assert mode.options["margin"] == task["beta_threshold_margin"]
+    else:  # the gate sum_n w_n + 1e-8 > threshold - margin is always open
+        assert mode.threshold is not None and mode.threshold - mode.options["margin"] < RELEASED_EPSILON

@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 
 import gradio as gr
 import pytest
 from PIL import Image
 
-from lib_safedenoise.webui import ui
-from lib_safedenoise.webui.args import ARG_NAMES, GenerationArgs
+from lib_safedenoise.webui import accordion, api, tab
+from lib_safedenoise.webui.args import ARG_NAMES, GenerationArgs, parse_setting
 from tests.browser import ui_session
 from tests.images import write_broken, write_photos
 
@@ -39,7 +40,7 @@ def test_accordion_returns_the_script_arguments_in_order_with_defaults_from_sett
     session = ui_session.start(tmp_path, default_enabled=True, default_banks=["photos", "gone"])
     photo_bank(session, tmp_path)
     with gr.Blocks():
-        controls = ui.build_accordion(False, session.backend)
+        controls = accordion.build_accordion(False, session.backend)
     from modules.ui_components import InputAccordion
 
     assert len(controls.components) == len(ARG_NAMES)
@@ -53,6 +54,24 @@ def test_accordion_returns_the_script_arguments_in_order_with_defaults_from_sett
     assert parsed == GenerationArgs(enabled=True, banks=("photos",), strengths=(1.0,))
 
 
+def test_accordion_controls_span_exactly_what_the_arguments_accept(session):
+    """Each slider (and the bandwidth field's minimum) covers the field's valid range and no more: its ends
+    parse, one step beyond them is refused."""
+    with gr.Blocks():
+        controls = accordion.build_accordion(False, session.backend)
+    _, _, _, _, bandwidth, start, end, _ = controls.components
+    sliders = {"strengths": controls.strength_sliders[0], "window_start": start, "window_end": end}
+    for name, control in sliders.items():
+        for inside in (control.minimum, control.maximum):
+            parse_setting(name, inside)
+        for outside in (control.minimum - control.step, control.maximum + control.step):
+            with pytest.raises(ValueError, match=name):
+                parse_setting(name, outside)
+    assert parse_setting("bandwidth", bandwidth.minimum) == bandwidth.minimum
+    with pytest.raises(ValueError, match="bandwidth"):
+        parse_setting("bandwidth", bandwidth.minimum - 0.01)
+
+
 def test_building_the_accordion_changes_nothing(session, tmp_path):
     from modules import script_callbacks
 
@@ -61,35 +80,35 @@ def test_building_the_accordion_changes_nothing(session, tmp_path):
               {k: len(v) for k, v in script_callbacks.callback_map.items()})
     for is_img2img in (False, True, False):
         with gr.Blocks():
-            ui.build_accordion(is_img2img, session.backend)
+            accordion.build_accordion(is_img2img, session.backend)
     after = (sorted(os.listdir(session.bank_dir)), dict(session.shared.opts.data),
              {k: len(v) for k, v in script_callbacks.callback_map.items()})
     assert after == before
 
 
 def test_strength_sliders_follow_the_selected_banks_and_keep_extra_strengths():
-    strengths, *sliders = ui.sync_strength_sliders(["a", "b"], "0.5")
+    strengths, *sliders = accordion.sync_strength_sliders(["a", "b"], "0.5")
     assert strengths == "0.5, 0.5"
-    assert [s["visible"] for s in sliders] == [True, True] + [False] * (ui.MAX_STRENGTH_SLIDERS - 2)
+    assert [s["visible"] for s in sliders] == [True, True] + [False] * (accordion.MAX_STRENGTH_SLIDERS - 2)
     assert sliders[1]["label"] == "Strength: b" and sliders[1]["value"] == 0.5
-    banks = [f"b{i}" for i in range(ui.MAX_STRENGTH_SLIDERS + 2)]
+    banks = [f"b{i}" for i in range(accordion.MAX_STRENGTH_SLIDERS + 2)]
     text = ", ".join(str(i / 10) for i in range(len(banks)))
-    moved = ui.set_strength(1, banks, text, 2.5)
+    moved = accordion.set_strength(1, banks, text, 2.5)
     expected = [i / 10 for i in range(len(banks))]
     expected[1] = 2.5
     assert GenerationArgs.from_script_args([True, banks, moved]).strengths == tuple(expected)
 
 
 def test_status_line_names_images_and_steps():
-    line = ui.status_html(ui_session.sample_report())
+    line = accordion.status_html(ui_session.sample_report())
     assert "image 1: steps 1-2, hires 1" in line and "image 2: not fired" in line
-    assert ui.status_html({}) == ""
-    problems = ui.status_html({"images": {}, "problems": ["bank x is missing"]})
+    assert accordion.status_html({}) == ""
+    problems = accordion.status_html({"images": {}, "problems": ["bank x is missing"]})
     assert "did not run" in problems and "1 problem" in problems and "bank x is missing" in problems
 
 
 def test_gate_plot_draws_one_line_per_image_per_pass(tmp_path):
-    figure = ui.gate_plot(ui_session.sample_report())
+    figure = tab.gate_plot(ui_session.sample_report())
     first, hires = figure.axes
     assert [line.get_label() for line in first.get_lines()] == ["image 1", "image 2"]
     assert list(first.get_lines()[0].get_ydata())[:3] == [0.9, 0.4, 0.0]
@@ -97,7 +116,7 @@ def test_gate_plot_draws_one_line_per_image_per_pass(tmp_path):
     assert [line.get_label() for line in hires.get_lines()] == ["image 1"]
     figure.savefig(tmp_path / "plot.png")
     assert Image.open(tmp_path / "plot.png").size[0] > 300
-    assert ui.gate_plot({}) is None
+    assert tab.gate_plot({}) is None
 
 
 def test_build_streams_progress_reports_every_file_and_deletes_the_uploads(session, tmp_path, monkeypatch):
@@ -105,7 +124,7 @@ def test_build_streams_progress_reports_every_file_and_deletes_the_uploads(sessi
     photos = write_photos(tmp_path / "upload")
     broken = write_broken(tmp_path / "upload")
     paths = [photos["astronaut.png"], broken["truncated.jpg"][0], photos["coffee.jpg"], broken["notes.png"][0]]
-    handlers = ui.TabHandlers(ui.BankService(session.backend))
+    handlers = tab.TabHandlers(api.BankService(session.backend))
     locked = []
     build = session.backend.store().build
 
@@ -132,7 +151,7 @@ def test_build_streams_progress_reports_every_file_and_deletes_the_uploads(sessi
 
 def test_build_refuses_missing_names_both_sources_and_server_folders_when_hidden(tmp_path):
     session = ui_session.start(tmp_path, hide_ui_dir_config=True)
-    handlers = ui.TabHandlers(ui.BankService(session.backend))
+    handlers = tab.TabHandlers(api.BankService(session.backend))
     photos = write_photos(tmp_path / "folder")
     (_, first, *_), = list(handlers.build([], "", "x", False, "negation", *[""] * 5))
     assert "Give the bank a name" not in first and "Upload images or name a server folder" in first
@@ -142,8 +161,8 @@ def test_build_refuses_missing_names_both_sources_and_server_folders_when_hidden
                                                           "x", False, "negation", *[""] * 5))
     assert "not both" in report and upload_field == gr.update() and photos["coffee.jpg"].exists()
     assert session.backend.store().names() == []
-    tab = ui.build_tab(session.backend)  # on_ui_tabs runs before the page's own Blocks opens
-    folder = next(b for b in tab.blocks.values() if getattr(b, "elem_id", None) == "safe_denoiser_tab_folder")
+    tab_blocks = tab.build_tab(session.backend)  # on_ui_tabs runs before the page's own Blocks opens
+    folder = next(b for b in tab_blocks.blocks.values() if getattr(b, "elem_id", None) == "safe_denoiser_tab_folder")
     assert folder.visible is False
 
 
@@ -155,7 +174,7 @@ def test_listen_without_insecure_access_also_hides_the_folder_input(tmp_path):
 
 def test_listing_shows_card_size_space_and_compatibility(session, tmp_path):
     photo_bank(session, tmp_path)
-    handlers = ui.TabHandlers(ui.BankService(session.backend))
+    handlers = tab.TabHandlers(api.BankService(session.backend))
     rows, _, _ = handlers.listing()
     assert rows[0][:4] == ["photos", "photos", 3, "test (4x4x4)"] and rows[0][5] == "no model loaded"
     session.load_model("sd1")
@@ -172,7 +191,7 @@ def test_delete_needs_confirmation_and_enforced_banks_stay(tmp_path):
     session = ui_session.start(tmp_path, enforce="guarded")
     photo_bank(session, tmp_path, "photos")
     photo_bank(session, tmp_path, "guarded")
-    handlers = ui.TabHandlers(ui.BankService(session.backend))
+    handlers = tab.TabHandlers(api.BankService(session.backend))
     message, *_ = handlers.delete("photos", False)
     assert "not confirmed" in message and (session.bank_dir / "photos.safetensors").exists()
     message, rows, _, _ = handlers.delete("guarded", True)
@@ -186,11 +205,11 @@ def test_delete_needs_confirmation_and_enforced_banks_stay(tmp_path):
     assert [r[6] for r in rows] == ["yes"]
     card, delete, rename = handlers.select("guarded")
     assert "enforced on this server" in card and not delete["interactive"] and not rename["interactive"]
-    tab = ui.build_tab(session.backend)
-    banner = next(b for b in tab.blocks.values() if getattr(b, "elem_id", None) == "safe_denoiser_tab_enforced")
+    tab_blocks = tab.build_tab(session.backend)
+    banner = next(b for b in tab_blocks.blocks.values() if getattr(b, "elem_id", None) == "safe_denoiser_tab_enforced")
     assert "guarded" in banner.value and "cannot be deleted" in banner.value
     with gr.Blocks() as page:
-        ui.build_accordion(True, session.backend)
+        accordion.build_accordion(True, session.backend)
     note = next(b for b in page.blocks.values() if getattr(b, "elem_id", None) == "safe_denoiser_img2img_enforced")
     assert "guarded" in note.value
     replaced = list(handlers.build(uploads_of([write_photos(tmp_path / "again")["coffee.jpg"]]), "", "guarded",
@@ -198,14 +217,26 @@ def test_delete_needs_confirmation_and_enforced_banks_stay(tmp_path):
     assert "enforced" in replaced[1]
 
 
+def gradio_download(updates, cache: Path) -> Path:
+    """Run an export handler as gradio does: take its update, copy the file it names into gradio's cache
+    (``File.postprocess``), then ask for the next update. The handler's own copy is gone afterwards."""
+    download, message = next(updates)
+    assert "Exported" in message
+    exported = Path(download["value"])
+    cache.mkdir(exist_ok=True)
+    copy = Path(shutil.copy(exported, cache))
+    assert next(updates, None) is None
+    assert not exported.exists() and not exported.parent.exists()
+    return copy
+
+
 def test_export_then_import_shows_the_card_before_installing(session, tmp_path):
     photo_bank(session, tmp_path)
-    service = ui.BankService(session.backend)
-    handlers = ui.TabHandlers(service)
+    service = api.BankService(session.backend)
+    handlers = tab.TabHandlers(service)
     session.backend.store().save_settings("photos", None, description="cats to avoid", license="CC0")
-    download, message = handlers.export("photos", False)
-    exported = Path(download["value"])
-    assert exported.name == "photos.safetensors" and "Exported" in message
+    exported = gradio_download(handlers.export("photos", False), tmp_path / "gradio-cache")
+    assert exported.name == "photos.safetensors"
     handlers.delete("photos", True)
     assert not any(session.bank_dir.iterdir())
     card, install = handlers.read_preset(exported)
@@ -213,7 +244,7 @@ def test_export_then_import_shows_the_card_before_installing(session, tmp_path):
     assert not any(session.bank_dir.iterdir())  # reading the card installs nothing
     message, rows, _, _, install = handlers.install_preset(exported, "restored", False, None)
     assert "Installed restored" in message and [r[0] for r in rows] == ["restored"]
-    settings_file = Path(handlers.export("restored", True)[0]["value"])
+    settings_file = gradio_download(handlers.export("restored", True), tmp_path / "gradio-cache")
     assert settings_file.name == "restored.preset.json"
     assert json.loads(settings_file.read_text())["card"]["description"] == "cats to avoid"
     bad, install = handlers.read_preset(tmp_path / "photos" / "astronaut.png")
@@ -223,7 +254,7 @@ def test_export_then_import_shows_the_card_before_installing(session, tmp_path):
 def test_inspect_and_plot_handlers(tmp_path):
     session = ui_session.start(tmp_path, last_report=ui_session.sample_report())
     photo_bank(session, tmp_path)
-    handlers = ui.TabHandlers(ui.BankService(session.backend))
+    handlers = tab.TabHandlers(api.BankService(session.backend))
     details, _ = handlers.inspect("photos")
     assert details["visible"] and details["value"]["metadata"]["latent_space"] == "test"
     figure, note = handlers.plot()
@@ -239,15 +270,15 @@ def test_every_visible_control_has_a_hint(session):
     script = (Path(__file__).resolve().parents[1] / "javascript" / "safe_denoiser.js").read_text()
     hinted = set(re.findall(r'^\s*"(_\w*)":', script, re.MULTILINE))
     with gr.Blocks() as page:
-        ui.build_accordion(False, session.backend)
-    tab = ui.build_tab(session.backend)
+        accordion.build_accordion(False, session.backend)
+    tab_blocks = tab.build_tab(session.backend)
     def is_control(block) -> bool:
         if isinstance(block, gr.File):
             return block.interactive is not False
         display = (gr.HTML, gr.Markdown, gr.JSON, gr.Plot)
         return (isinstance(block, (gr.Button, gr.components.IOComponent)) and not isinstance(block, display)
                 and block.visible is not False)
-    controls = [b for blocks in (page.blocks, tab.blocks) for b in blocks.values() if is_control(b) and b.elem_id]
+    controls = [b for blocks in (page.blocks, tab_blocks.blocks) for b in blocks.values() if is_control(b) and b.elem_id]
     suffixes = {re.sub(r"_\d+$", "", b.elem_id.removeprefix("safe_denoiser_txt2img").removeprefix("safe_denoiser_tab"))
                 for b in controls}
     assert "_build" in suffixes and "_banks" in suffixes and "_files" in suffixes

@@ -18,6 +18,18 @@ Image policy
 A file that cannot be used is reported with one of ``PROBLEMS`` and skipped; the build goes on. Files in
 a folder without an image extension are reported as ``ignored``. Duplicates (same SHA-256 of the file
 bytes, or of the decoded pixels for in-memory images) are kept once.
+
+Every entry of a chosen folder is reported except hidden ones (names starting with ``.``) and
+sub-folders. Symbolic links: a broken one is ``unreadable``; one to a device, pipe or socket is
+``unreadable`` and never opened (reading ``/dev/zero`` would never end); one to a folder is ``ignored``
+(not followed: it could loop); one to a file is followed, and when that file lies outside the chosen
+folder the report says so and names it, since the user chose the folder, not the link's target.
+
+Names
+-----
+``sanitize_name`` turns a name into a file stem or refuses it with ``BankNameError``; see there.
+A build first removes the temporary files that killed builds left beside its bank
+(``fileformat.remove_stale_temporaries``).
 """
 
 from __future__ import annotations
@@ -27,7 +39,7 @@ import io
 import math
 import os
 import re
-import tempfile
+import stat
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -38,16 +50,22 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from lib_safedenoise.banks import fileformat, metadata, spaces
-from lib_safedenoise.banks.errors import BankError
+from lib_safedenoise.banks.errors import BankError, BankExistsError, BankNameError
 from lib_safedenoise.banks.fileformat import TensorData
 from lib_safedenoise.banks.metadata import BankMetadata
-from lib_safedenoise.banks.encoders import Encoder, TestEncoder
+from lib_safedenoise.banks.encoders import Encoder
 
 RESIZE_POLICY = "cover-centre-crop"
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own default limit
 PROBLEMS = ("unreadable", "truncated", "zero-byte", "not-an-image", "decompression-bomb", "duplicate")
-_RESERVED_NAMES = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
-_MAX_NAME_LENGTH = 100
+_RESERVED_NAMES = {"con", "prn", "aux", "nul",
+                   *(f"{device}{digit}" for device in ("com", "lpt") for digit in "0123456789\u00b9\u00b2\u00b3")}
+"""Windows device names (case-insensitive, with or without an extension): ``COM1``..``COM9`` and
+``LPT1``..``LPT9``, their ``0`` forms, and the superscript-digit forms ``COM¹ COM² COM³ LPT¹ LPT² LPT³``,
+which Windows also maps to devices."""
+MAX_NAME_BYTES = 150
+"""Longest bank name, in UTF-8 bytes. File systems limit a file name to 255 bytes (eCryptfs to 143); the
+hidden temporary files written beside a bank add about 55 bytes to its name."""
 
 Source = Union[str, os.PathLike, Image.Image, "tuple[str, bytes]"]
 Progress = Callable[[int, int, str], None]
@@ -98,19 +116,30 @@ class BuildReport:
 
 
 def sanitize_name(name: str) -> str:
-    """A bank name safe as a file name everywhere: no folders, no hidden or reserved names.
+    """A bank name safe as a file name everywhere, or ``BankNameError`` saying why there is none.
 
     Kept: letters, digits, ``_ - . + ( )`` and spaces; anything else (path separators, the list and
-    infotext separators ``, | ; = @ *``) becomes ``_``. Leading/trailing dots and spaces are dropped.
+    infotext separators ``, | ; = @ *``) becomes ``_``. Leading/trailing dots and spaces are dropped, so a
+    name never leaves the folder nor hides. Refused: names with nothing left, Windows device names
+    (``_RESERVED_NAMES``), and names longer than ``MAX_NAME_BYTES`` UTF-8 bytes (never cut short: two
+    long names must not end up as one file).
     """
     stem = str(name).strip()
     if stem.lower().endswith(fileformat.BANK_SUFFIX):
         stem = stem[:-len(fileformat.BANK_SUFFIX)]
-    stem = re.sub(r"[^\w\-. ()+]", "_", stem).strip(" .")[:_MAX_NAME_LENGTH].strip(" .")
+    stem = re.sub(r"[^\w\-. ()+]", "_", stem).strip(" .")
     if not stem or set(stem) <= {"_"}:
-        raise BankError(f"bank name {name!r} has no usable characters")
-    if stem.split(".")[0].strip().lower() in _RESERVED_NAMES:
-        raise BankError(f"bank name {name!r} is reserved on Windows; choose another")
+        raise BankNameError(f"bank name {name!r} has no usable characters; use letters, digits, spaces or "
+                            "_ - . + ( )")
+    device = stem.split(".")[0].strip().lower()
+    if device in _RESERVED_NAMES:
+        raise BankNameError(f"bank name {name!r} is reserved on Windows ({device.upper()} is a device name "
+                            "there, with or without an extension); choose another name")
+    size = len(stem.encode("utf-8"))
+    if size > MAX_NAME_BYTES:
+        raise BankNameError(f"bank name {str(name)[:24]!r}... is too long: {size} bytes in UTF-8 "
+                            f"({len(stem)} characters), the limit is {MAX_NAME_BYTES} bytes (about "
+                            f"{MAX_NAME_BYTES // 3} characters of CJK text); choose a shorter name")
     return stem
 
 
@@ -126,20 +155,55 @@ def image_extensions() -> set[str]:
     return {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
 
 
-def expand_sources(inputs: Source | Iterable[Source], *, recursive: bool = False) -> list[tuple[Source, bool]]:
-    """``(source, found_in_folder)`` pairs: folders become their sorted files, skipping hidden ones."""
+def expand_sources(inputs: Source | Iterable[Source], *,
+                   recursive: bool = False) -> list[tuple[Source, Path | None]]:
+    """``(source, folder it was found in, or None)`` pairs: a folder becomes its sorted entries (every
+    non-hidden entry that is not a sub-folder, links and special files included, so each is reported)."""
     if isinstance(inputs, (str, os.PathLike, Image.Image, tuple)):
         inputs = [inputs]
-    out: list[tuple[Source, bool]] = []
+    out: list[tuple[Source, Path | None]] = []
     for item in inputs:
         if isinstance(item, (str, os.PathLike)) and Path(item).is_dir():
             folder = Path(item)
-            walker = folder.rglob("*") if recursive else folder.glob("*")
-            out.extend((p, True) for p in sorted(walker)
-                       if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+            out.extend((path, folder) for path in sorted(_folder_entries(folder, recursive)))
         else:
-            out.append((item, False))
+            out.append((item, None))
     return out
+
+
+def _folder_entries(folder: Path, recursive: bool) -> Iterator[Path]:
+    """Non-hidden entries under ``folder`` that are not real sub-folders (``os.walk`` lists links to
+    folders among the folders and, without ``followlinks``, never descends into them)."""
+    for root, folders, files in os.walk(folder):
+        yield from (Path(root, name) for name in files if not name.startswith("."))
+        yield from (Path(root, name) for name in folders if not name.startswith(".") and Path(root, name).is_symlink())
+        folders[:] = [name for name in folders if recursive and not name.startswith(".")]
+
+
+def _check_path(path: Path, folder: Path | None) -> str:
+    """Raise ``_Problem`` for a broken link or anything but a regular file (never opened: a device or pipe
+    could block or never end); return a note for a link leading outside ``folder``."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise _Problem("unreadable", f"broken symbolic link: its target {os.readlink(path)} does not "
+                                         "exist") from None
+        raise _Problem("unreadable", "no such file") from None
+    except OSError as error:
+        raise _Problem("unreadable", error.strerror or str(error)) from None
+    if stat.S_ISDIR(mode):
+        raise _Problem("ignored", "symbolic link to a folder; not followed")
+    if not stat.S_ISREG(mode):
+        kind = ("a character device" if stat.S_ISCHR(mode) else "a block device" if stat.S_ISBLK(mode)
+                else "a named pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "special")
+        link = " (through a symbolic link)" if path.is_symlink() else ""
+        raise _Problem("unreadable", f"not a regular file: {kind}{link}; not read")
+    if folder is not None and path.is_symlink():
+        target = path.resolve()
+        if not target.is_relative_to(folder.resolve()):
+            return f"symbolic link to {target}, outside the chosen folder; followed"
+    return ""
 
 
 def _label(source: Source, index: int) -> str:
@@ -216,12 +280,14 @@ def to_pixels(image: Image.Image, resolution: tuple[int, int], pixel_channels: i
 
 def build_bank(inputs: Source | Iterable[Source], encoder: Encoder, dest: str | os.PathLike, *,
                title: str | None = None, role: str = "negation", recursive: bool = False,
-               append: bool = False, batch_size: int = 16, dtype: torch.dtype = torch.float16,
+               append: bool = False, overwrite: bool = False, batch_size: int = 16,
+               dtype: torch.dtype = torch.float16,
                description: str = "", author: str = "", license: str = "", usage_hint: str = "",
                settings: dict | None = None, category: str | None = None, model_family: str | None = None,
                progress: Progress | None = None, cancel: Any = None,
                max_pixels: int = DEFAULT_MAX_PIXELS) -> BuildReport:
-    """Encode ``inputs`` into the bank file ``dest`` (created, replaced, or with ``append`` extended).
+    """Encode ``inputs`` into the bank file ``dest``: created, extended with ``append``, or replaced only
+    with ``overwrite`` (an existing ``dest`` otherwise raises ``BankExistsError`` before any work).
 
     ``progress(done, total, label)`` is called after each source; ``cancel`` is anything with
     ``is_set()`` (a ``threading.Event``). A cancelled or failed build raises and leaves ``dest`` as it was;
@@ -230,8 +296,16 @@ def build_bank(inputs: Source | Iterable[Source], encoder: Encoder, dest: str | 
     started = time.perf_counter()
     dest = Path(dest)
     dest = dest.with_name(sanitize_name(dest.name) + fileformat.BANK_SUFFIX)
+    if dest.exists() and not (append or overwrite):
+        raise BankExistsError(f"{dest} already exists; pass --overwrite to replace it or --append to add to it "
+                              "(nothing was changed)")
+    metadata.check_card({"title": title, "description": description, "author": author, "license": license,
+                         "usage_hint": usage_hint})
+    if category is not None:
+        metadata.check_category(category)
     if settings is not None:
         metadata.validate_settings(settings)
+    fileformat.remove_stale_temporaries(dest.parent)
     space = spaces.latent_space(encoder.latent_space)
     existing = dest.is_file() and append
     seen: set[str] = set()
@@ -269,16 +343,14 @@ def build_bank(inputs: Source | Iterable[Source], encoder: Encoder, dest: str | 
 
     try:
         with open(spill, "wb") as out:
-            for index, (source, in_folder) in enumerate(sources):
+            for index, (source, folder) in enumerate(sources):
                 if cancel is not None and cancel.is_set():
                     raise BuildCancelled(report)
                 label = _label(source, index)
-                if in_folder and Path(source).suffix.lower() not in extensions:
-                    report.files.append(FileResult(label, "ignored", "not an image file extension"))
-                else:
-                    report.files.append(_take(source, label, encoder, seen, hashes, batch, max_pixels))
-                    if len(batch) >= batch_size:
-                        flush()
+                report.files.append(_take(source, label, folder, extensions, encoder, seen, hashes, batch,
+                                          max_pixels))
+                if len(batch) >= batch_size:
+                    flush()
                 if progress is not None:
                     progress(index + 1, len(sources), label)
             if cancel is not None and cancel.is_set():
@@ -300,7 +372,7 @@ def build_bank(inputs: Source | Iterable[Source], encoder: Encoder, dest: str | 
             try:
                 fileformat.write_bank(fresh, replace(meta, title=f"{len(hashes)} images added {meta.date}"),
                                     [latents, *extra])
-                meta = merge_banks([dest, fresh], dest, title=title, settings=settings)
+                meta = merge_banks([dest, fresh], dest, title=title, settings=settings, overwrite=True)
             finally:
                 fresh.unlink(missing_ok=True)
         else:
@@ -312,28 +384,39 @@ def build_bank(inputs: Source | Iterable[Source], encoder: Encoder, dest: str | 
     return report
 
 
-def _take(source: Source, label: str, encoder: Encoder, seen: set[str], hashes: list[str],
-          batch: list[np.ndarray], max_pixels: int) -> FileResult:
+def _take(source: Source, label: str, folder: Path | None, extensions: set[str], encoder: Encoder,
+          seen: set[str], hashes: list[str], batch: list[np.ndarray], max_pixels: int) -> FileResult:
+    """One source's report line; a usable image's pixels join ``batch``."""
+    note = ""
     try:
+        if isinstance(source, (str, os.PathLike)):
+            note = _check_path(Path(source), folder)
+            if folder is not None and Path(source).suffix.lower() not in extensions:
+                return FileResult(label, "ignored", "; ".join(filter(None, ["not an image file extension", note])))
         image, digest = read_image(source, max_pixels=max_pixels)
         if digest in seen:
-            return FileResult(label, "duplicate", "same content as an earlier image", digest)
+            return FileResult(label, "duplicate", "; ".join(filter(None, ["same content as an earlier image",
+                                                                          note])), digest)
         pixels = to_pixels(image, encoder.resolution, encoder.pixel_channels)
     except _Problem as problem:
-        return FileResult(label, problem.status, problem.detail)
+        return FileResult(label, problem.status, "; ".join(filter(None, [problem.detail, note])))
     except (OSError, ValueError) as error:  # a decoder failing during conversion or resize
         return FileResult(label, "unreadable", f"cannot convert: {error}")
     seen.add(digest)
     hashes.append(digest)
     batch.append(pixels)
-    return FileResult(label, "added", "", digest)
+    return FileResult(label, "added", note, digest)
 
 
 # --------------------------------------------------------------------------- merging
 
 def merge_banks(paths: Sequence[str | os.PathLike], dest: str | os.PathLike, *, title: str | None = None,
-                settings: dict | None = None) -> BankMetadata:
+                settings: dict | None = None, overwrite: bool = False) -> BankMetadata:
     """Concatenate banks of one latent space into ``dest``, dropping rows whose source hash repeats.
+
+    An existing ``dest`` is replaced only with ``overwrite`` (``BankExistsError`` otherwise). Every input
+    is verified first (hash and values), so a damaged bank or one with NaN/Inf latents never gains a
+    fresh, valid hash by being merged.
 
     The card, settings and encoder details come from the first bank; ``sdn_merged_from`` records every
     input, ``sdn_source_sha256`` every kept row. Labels are unified by category name (-1 where absent),
@@ -341,7 +424,11 @@ def merge_banks(paths: Sequence[str | os.PathLike], dest: str | os.PathLike, *, 
     """
     if not paths:
         raise BankError("nothing to merge")
-    headers = [fileformat.verify_hash(p) for p in paths]
+    if Path(dest).exists() and not overwrite:
+        raise BankExistsError(f"{dest} already exists; pass --overwrite to replace it (nothing was changed)")
+    if title is not None:
+        metadata.check_card({"title": title})
+    headers = [fileformat.verify_file(p) for p in paths]
     first = headers[0].meta
     for path, header in zip(paths, headers):
         meta = header.meta
@@ -413,24 +500,3 @@ def merge_banks(paths: Sequence[str | os.PathLike], dest: str | os.PathLike, *, 
         meta = replace(meta, source_sha256=())
     return fileformat.write_bank(dest, meta, tensors)
 
-
-# --------------------------------------------------------------------------- benchmark
-
-def measure_build_throughput(*, images: int = 64, side: int = 96, resolution: int = 64,
-                             batch_size: int = 16) -> dict[str, Any]:
-    """Images per second of a complete build (read PNG, hash, convert, resize, encode, write) with the
-    deterministic test encoder, for the speed benchmark's ``bank_build`` section."""
-    rng = np.random.default_rng(0)
-    with tempfile.TemporaryDirectory(prefix="sdn-bank-bench-") as folder:
-        grid = np.linspace(0, 255, side, dtype=np.float32)
-        for i in range(images):
-            base = (grid[None, :, None] * rng.random(3) + grid[:, None, None] * rng.random(3)) / 2
-            noise = rng.normal(0, 12, (side, side, 3))
-            Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8)).save(Path(folder, f"{i:05d}.png"))
-        encoder = TestEncoder(resolution)
-        started = time.perf_counter()
-        report = build_bank(folder, encoder, Path(folder, "bench.safetensors"), batch_size=batch_size)
-        seconds = time.perf_counter() - started
-    return {"images": report.bank_count, "seconds": round(seconds, 4),
-            "images_per_second": round(report.bank_count / seconds, 2), "encoder": encoder.vae_name,
-            "source_size": f"{side}x{side}", "resolution": f"{resolution}x{resolution}", "batch_size": batch_size}

@@ -32,10 +32,21 @@ families or channel counts (SD1 and SD2 share one VAE; SD3 and Flux both have 16
 
 Loading
 -------
-``read_metadata`` parses the JSON header only. ``load_bank`` checks the header, shapes, dtypes and hash,
-then reads the tensors through safetensors' memory-mapped ``safe_open``; results are cached per path and
-re-read when the file's size or modification time changes. Legacy torch pickles (``.pt``, the authors'
-caches) are converted only with an explicit ``allow_pickle=True``, loaded with ``weights_only=True``.
+``read_metadata`` parses the JSON header only. ``load_bank`` checks the header, shapes, dtypes, hash and
+values, then reads the tensors through safetensors' memory-mapped ``safe_open``; results are cached per path
+and re-read when the file's size or modification time changes. Torch pickles are converted by ``legacy``,
+only with explicit permission.
+
+Values
+------
+Latents and weights must be finite. One gate (``_ValueGate``) enforces it on every write, every
+verification (import, merge, append, presets) and every load for generation; a bank holding NaN or Inf
+raises ``BankValuesError`` naming the bank and the rows.
+
+Writes
+------
+``write_atomically`` is the project's one write-then-rename helper. Its hidden temporary files name their
+host and process, so ``remove_stale_temporaries`` can delete those of killed writers.
 """
 
 from __future__ import annotations
@@ -44,18 +55,22 @@ import hashlib
 import json
 import math
 import os
+import re
+import socket
 import struct
 import tempfile
 import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
+import numpy as np
 import torch
 
 from lib_safedenoise import ENGINE_VERSION
-from lib_safedenoise.banks.errors import BankCompatibilityError, BankError, BankFormatError, BankIntegrityError
+from lib_safedenoise.banks.errors import (BankCompatibilityError, BankError, BankFormatError, BankIntegrityError,
+                                          BankValuesError)
 from lib_safedenoise.banks.metadata import SHORT_HASH_LENGTH, BankMetadata, parse_metadata
 from lib_safedenoise.banks.spaces import latent_space
 from lib_safedenoise.core.latent_bank import LatentBank
@@ -117,29 +132,165 @@ def _read_range(path: str | Path, offset: int, length: int) -> Iterator[bytes]:
             yield chunk
 
 
+STALE_TEMPORARY_SECONDS = 24 * 3600
+"""A temporary file whose writer cannot be identified as gone (another machine sharing the folder, or a
+name from an older version) is removed only once untouched for this long: far longer than any write,
+since a running build's spill file grows at every batch and its final write takes minutes at most."""
+
+_HOST_TAG = hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
+_TEMPORARY_RE = re.compile(r"\.(?P<dest>.+?(?:\.safetensors|\.json))\.(?:(?P<host>[0-9a-f]{8})-(?P<pid>\d+)\.)?"
+                           r"[a-z0-9_]+\.(?P<purpose>[a-z]+)\.tmp")
+
+
 def temporary_path(dest: Path, purpose: str) -> Path:
-    """A hidden temp file beside ``dest`` (same filesystem, so ``os.replace`` is atomic)."""
+    """A hidden, empty temp file beside ``dest`` (same file system, so ``os.replace`` is atomic).
+
+    Named ``.<dest name>.<host>-<pid>.<random>.<purpose>.tmp``: the host tag and process id tell
+    ``remove_stale_temporaries`` whether its writer is still running.
+    """
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f".{purpose}.tmp", dir=dest.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.{_HOST_TAG}-{os.getpid()}.", suffix=f".{purpose}.tmp",
+                                dir=dest.parent)
     os.close(fd)
     return Path(name)
 
 
-def replace_atomically(tmp: Path, dest: Path) -> None:
-    os.replace(tmp, dest)
-    if hasattr(os, "O_DIRECTORY"):
-        fd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY)
+def _writer_gone(pid: int) -> bool:
+    if os.name == "nt":
+        return False  # os.kill(pid, 0) would send CTRL_C_EVENT there; the age rule applies instead
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OSError):
+        return False  # alive under another user (or unknowable): keep its file
+    return False
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary files of writes that were killed (SIGKILL, SIGTERM, power loss) in ``folder``.
+
+    Only names made by ``temporary_path`` are considered, never a bank. One is removed when its writer
+    ran on this host and that process no longer exists, or, whatever its writer, when it has not been
+    modified for ``STALE_TEMPORARY_SECONDS``. A reused process id only keeps a file longer. Returns the
+    removed paths.
+    """
+    folder = Path(folder)
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        match = _TEMPORARY_RE.fullmatch(entry.name)
+        if match is None:
+            continue
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            ours = match["host"] == _HOST_TAG and int(match["pid"]) != os.getpid()  # (never this process's)
+            if (ours and _writer_gone(int(match["pid"]))) \
+                    or now - entry.stat(follow_symlinks=False).st_mtime > STALE_TEMPORARY_SECONDS:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:
+            continue  # removed meanwhile, or not ours to remove
+    return removed
+
+
+def write_atomically(dest: str | Path, content: bytes | Callable[[BinaryIO], Any], *, purpose: str = "write",
+                     check: Callable[[Path], Any] | None = None) -> Path:
+    """Write ``dest`` so that readers see the old file or the complete new one, never a part.
+
+    ``content`` is the bytes, or a callback writing into the binary file it is given. The data goes to a
+    hidden temporary file beside ``dest``, is flushed to disk, optionally checked (``check(temporary)``
+    raises to abort), made readable by everyone who can read the folder (``0644``), and renamed over
+    ``dest``; the folder entry is then synced. On any failure ``dest`` is unchanged and the temporary
+    file removed. This is the project's one write-then-rename helper.
+    """
+    dest = Path(dest)
+    tmp = temporary_path(dest, purpose)
+    try:
+        with open(tmp, "wb") as f:
+            if isinstance(content, (bytes, bytearray, memoryview)):
+                f.write(content)
+            else:
+                content(f)
+            f.flush()
+            os.fsync(f.fileno())
+        if check is not None:
+            check(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide shared banks from other users
+        os.replace(tmp, dest)
+        if hasattr(os, "O_DIRECTORY"):
+            fd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
+
+
+_EXPONENT_BITS = {"F16": (np.dtype("<u2"), 0x7C00), "BF16": (np.dtype("<u2"), 0x7F80),
+                  "F32": (np.dtype("<u4"), 0x7F800000)}
+CHECKED_TENSORS = ("latents", "weights")
+"""The float tensors the value gate checks: a NaN or infinity in either poisons every corrected step."""
+
+
+class _ValueGate:
+    """The one value check of banks: every float of ``CHECKED_TENSORS`` must be finite.
+
+    Fed the raw little-endian bytes of one tensor in order (any split at element boundaries); an IEEE
+    value is NaN or infinite exactly when all its exponent bits are set. Used on every write
+    (``write_bank``), every verification (``verify_file``: import, merge, append, presets) and every
+    load for generation (``load_bank``).
+    """
+
+    def __init__(self, bank: str, tensor: str, dtype: str, shape: tuple[int, ...]):
+        self.bank, self.tensor, self.shape = bank, tensor, tuple(shape)
+        self.bits = _EXPONENT_BITS.get(dtype) if tensor in CHECKED_TENSORS else None
+        self.row_size = max(1, math.prod(self.shape[1:]))
+        self.seen = 0
+        self.bad_rows: list[int] = []
+
+    def feed(self, chunk: bytes) -> None:
+        if self.bits is None:
+            return
+        kind, mask = self.bits
+        values = np.frombuffer(chunk, dtype=kind)
+        bad = np.flatnonzero((values & kind.type(mask)) == mask)
+        for row in np.unique((bad + self.seen) // self.row_size).tolist():
+            if not self.bad_rows or row > self.bad_rows[-1]:  # a row split across two chunks counts once
+                self.bad_rows.append(row)
+        self.seen += values.size
+
+    def close(self) -> None:
+        if self.bad_rows:
+            shown = ", ".join(map(str, self.bad_rows[:8])) + (", ..." if len(self.bad_rows) > 8 else "")
+            rows = self.shape[0] if self.shape else 1
+            raise BankValuesError(f"bank {self.bank}: {len(self.bad_rows)} of its {rows} {self.tensor} rows "
+                                  f"hold NaN or infinite values (rows {shown}); such a bank would corrupt every "
+                                  "corrected step, so it is refused. Rebuild it from its images.")
+
+
+def check_finite(values: torch.Tensor, *, bank: str, tensor: str = "latents") -> None:
+    """Raise ``BankValuesError`` naming ``bank`` unless every value of the in-memory tensor is finite."""
+    if torch.isfinite(values).all():
+        return
+    gate = _ValueGate(bank, tensor, "F32", tuple(values.shape))
+    gate.feed(values.detach().float().cpu().contiguous().numpy().tobytes())
+    gate.close()
 
 
 def write_bank(path: str | Path, meta: BankMetadata, tensors: list[TensorData], *,
                expected_hash: str | None = None) -> BankMetadata:
     """Atomically write a bank file; returns ``meta`` with the computed hash.
 
-    The data is streamed twice (hash, then write), so it never has to fit in memory. With
+    The data is streamed twice (hash and value check, then write), so it never has to fit in memory.
+    Latents or weights holding NaN/Inf raise ``BankValuesError`` and nothing is written. With
     ``expected_hash`` (rewriting an existing bank's metadata) the data must still hash to it.
     """
     dest = Path(path)
@@ -147,11 +298,14 @@ def write_bank(path: str | Path, meta: BankMetadata, tensors: list[TensorData], 
     digest = hashlib.sha256()
     for tensor in tensors:
         size = 0
+        gate = _ValueGate(dest.name, tensor.name, tensor.dtype, tensor.shape)
         for chunk in tensor.chunks():
             digest.update(chunk)
+            gate.feed(chunk)
             size += len(chunk)
         if size != tensor.nbytes:
             raise BankFormatError(f"tensor {tensor.name}: {size} bytes for shape {tensor.shape} {tensor.dtype}")
+        gate.close()
     meta = replace(meta, hash_sha256="0x" + digest.hexdigest(), engine_version=ENGINE_VERSION)
     if expected_hash is not None and meta.hash_sha256 != expected_hash:
         raise BankIntegrityError(f"bank {meta.title!r}: tensor data does not match its hash "
@@ -165,20 +319,15 @@ def write_bank(path: str | Path, meta: BankMetadata, tensors: list[TensorData], 
         offset += tensor.nbytes
     header_bytes = json.dumps(header, separators=(",", ":")).encode()
     header_bytes += b" " * (-len(header_bytes) % 8)
-    tmp = temporary_path(dest, "write")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(struct.pack("<Q", len(header_bytes)))
-            f.write(header_bytes)
-            for tensor in tensors:
-                for chunk in tensor.chunks():
-                    f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide shared banks from other users
-        replace_atomically(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    def content(f: BinaryIO) -> None:
+        f.write(struct.pack("<Q", len(header_bytes)))
+        f.write(header_bytes)
+        for tensor in tensors:
+            for chunk in tensor.chunks():
+                f.write(chunk)
+
+    write_atomically(dest, content)
     invalidate(dest)
     return meta
 
@@ -282,21 +431,26 @@ def read_metadata(path: str | Path) -> BankMetadata:
     return read_header(path).meta
 
 
-def data_sha256(path: str | Path, data_offset: int, file_size: int) -> str:
-    digest = hashlib.sha256()
-    for chunk in _read_range(path, data_offset, file_size - data_offset):
-        digest.update(chunk)
-    return "0x" + digest.hexdigest()
-
-
-def verify_hash(path: str | Path) -> Header:
-    """The bank's checked header, once its tensor bytes are proven to match ``modelspec.hash_sha256``."""
+def verify_file(path: str | Path) -> Header:
+    """The bank's checked header, once its tensor bytes are proven to match ``modelspec.hash_sha256`` and
+    its latents and weights to be finite (the value gate, in the same single pass over the data)."""
+    path = Path(path)
     header = read_header(path)
-    actual = data_sha256(path, header.data_offset, header.file_size)
+    digest = hashlib.sha256()
+    gates = []
+    for name, info in sorted(header.tensors.items(), key=lambda item: item[1]["data_offsets"][0]):
+        start, end = info["data_offsets"]  # contiguous in this order (read_header checks), so this is
+        gates.append(_ValueGate(path.name, name, info["dtype"], tuple(info["shape"])))  # the data buffer
+        for chunk in _read_range(path, header.data_offset + start, end - start):
+            digest.update(chunk)
+            gates[-1].feed(chunk)
+    actual = "0x" + digest.hexdigest()
     if actual != header.meta.hash_sha256:
-        raise BankIntegrityError(f"bank {Path(path).name}: tensor data does not match its hash "
+        raise BankIntegrityError(f"bank {path.name}: tensor data does not match its hash "
                                  f"(stored {header.meta.short_hash}, actual "
                                  f"{actual[2:2 + SHORT_HASH_LENGTH]}); the file was altered or damaged")
+    for gate in gates:
+        gate.close()
     return header
 
 
@@ -333,7 +487,7 @@ def verify_bank(path: str | Path, *, space_id: str | None = None, vae_hash: str 
     """Check everything (format, shapes, dtypes, hash, values, and the latent space if given) without raising."""
     meta = None
     try:
-        header = verify_hash(path)
+        header = verify_file(path)
         meta = header.meta
         bank = _materialise(Path(path), header, Path(path).stem)
         notes = check_compatibility(meta, space_id, name=bank.name, vae_hash=vae_hash) if space_id else []
@@ -347,6 +501,7 @@ def _materialise(path: Path, header: Header, name: str) -> LatentBank:
 
     with safe_open(str(path), framework="pt") as f:
         latents = f.get_tensor("latents")
+    check_finite(latents, bank=path.name)
     meta = header.meta
     return LatentBank(name=name, latents=latents, role=meta.role, latent_space=meta.latent_space,
                       channel_normalized=meta.channel_normalized, short_hash=meta.short_hash,
@@ -400,7 +555,7 @@ def load_bank(path: str | Path, *, name: str | None = None, space_id: str | None
             _, bank, meta = cached
             break
         try:
-            header = verify_hash(key) if verify else read_header(key)
+            header = verify_file(key) if verify else read_header(key)
             bank, meta = _materialise(key, header, name or path.stem), header.meta
         except (BankError, ValueError):
             if _stamp(key) == stamp:  # the file itself is bad, not replaced halfway through the read

@@ -76,6 +76,43 @@ SCHEMA: tuple[Key, ...] = (
 )
 _BY_KEY = {k.key: k for k in SCHEMA}
 
+# Limits, checked when metadata is written and when it is read: the header may hold 64 MB, but a card is
+# shown in full by the tab and the API, so each field has a size fit for what it is.
+TEXT_LIMITS = {"title": 200, "description": 10_000, "author": 200, "license": 200, "usage_hint": 2_000}
+"""Card fields: the most characters each may hold."""
+MAX_STRING_CHARS = 1_000
+"""Any other string field (VAE name and hash, model family, date, ...)."""
+MAX_METADATA_KEYS = 128
+"""Keys in ``__metadata__``, ours and unknown ones together (``SCHEMA`` has fewer than 40)."""
+MAX_EXTRA_KEY_CHARS, MAX_EXTRA_VALUE_CHARS = 128, 65_536
+"""An unknown key (kept for other tools) and its value."""
+MAX_CATEGORIES, MAX_CATEGORY_CHARS = 1_000, 200
+MAX_SETTINGS_MODES, MAX_SETTINGS_PARAMETERS, MAX_SETTINGS_CHARS = 32, 64, 16_384
+"""Recommended settings: modes, parameters per mode, and the size of the whole JSON object."""
+MAX_MERGED_FROM = 10_000
+"""Provenance entries (each append or merge adds one per input bank)."""
+
+
+def _too_long(what: str, length: int, limit: int, unit: str = "characters") -> BankFormatError:
+    return BankFormatError(f"{what} is {length} {unit} long; the limit is {limit} {unit}")
+
+
+def check_card(card: Mapping[str, Any], *, what: str = "card") -> None:
+    """Raise ``BankFormatError`` unless every card field given (``TEXT_LIMITS`` keys) is a string within its
+    limit; called on user input before any work starts, and again on every write and read."""
+    for name, value in card.items():
+        if name not in TEXT_LIMITS or value is None:
+            continue
+        if not isinstance(value, str):
+            raise BankFormatError(f"{what} {name}: expected text, got {type(value).__name__}")
+        if len(value) > TEXT_LIMITS[name]:
+            raise _too_long(f"{what} {name}", len(value), TEXT_LIMITS[name])
+
+
+def check_category(name: str) -> None:
+    if len(name) > MAX_CATEGORY_CHARS:
+        raise _too_long(f"category name {name[:40]!r}...", len(name), MAX_CATEGORY_CHARS)
+
 
 @dataclass(frozen=True)
 class BankMetadata:
@@ -170,6 +207,9 @@ def _parse_value(key: Key, text: str) -> Any:
         return BankFormatError(f"metadata {key.key} = {text[:80]!r}: {why}")
 
     if key.kind == "str":
+        limit = TEXT_LIMITS.get(key.attr, MAX_STRING_CHARS)
+        if len(text) > limit:
+            raise _too_long(f"metadata {key.key}", len(text), limit)
         return text
     if key.kind == "int":
         if not re.fullmatch(r"-?\d{1,18}", text):
@@ -203,20 +243,38 @@ def _parse_value(key: Key, text: str) -> Any:
     if key.kind == "object-list":
         if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
             raise fail("expected a JSON list of objects")
+        if len(value) > MAX_MERGED_FROM:
+            raise _too_long(f"metadata {key.key}", len(value), MAX_MERGED_FROM, "entries")
         return tuple(value)
     if key.kind == "object-of-objects":
         return validate_settings(value, what=f"metadata {key.key}")
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
         raise fail("expected a JSON object of strings")
+    if len(value) > MAX_CATEGORIES:
+        raise _too_long(f"metadata {key.key}", len(value), MAX_CATEGORIES, "entries")
+    for name in value.values():
+        check_category(name)
     return value
 
 
 def validate_settings(settings: Any, *, what: str = "settings") -> dict[str, dict]:
-    """Recommended settings: a JSON object mapping each mode name to an object of that mode's parameters."""
+    """Recommended settings: a JSON object mapping each mode name to an object of that mode's parameters,
+    within ``MAX_SETTINGS_MODES``, ``MAX_SETTINGS_PARAMETERS`` per mode and ``MAX_SETTINGS_CHARS`` of JSON."""
     if not isinstance(settings, dict) or not all(isinstance(k, str) and isinstance(v, dict)
                                                  for k, v in settings.items()):
         raise BankFormatError(f"{what}: expected a JSON object mapping mode names to objects, "
                               f"e.g. {{\"paper\": {{\"strength\": 1.0}}}}")
+    if len(settings) > MAX_SETTINGS_MODES:
+        raise _too_long(what, len(settings), MAX_SETTINGS_MODES, "modes")
+    for mode, values in settings.items():
+        if len(values) > MAX_SETTINGS_PARAMETERS:
+            raise _too_long(f"{what} for mode {mode[:40]!r}", len(values), MAX_SETTINGS_PARAMETERS, "parameters")
+    try:
+        size = len(json.dumps(settings, separators=(",", ":")))
+    except (TypeError, ValueError, RecursionError):
+        raise BankFormatError(f"{what}: values must be JSON numbers, strings, booleans, lists or objects") from None
+    if size > MAX_SETTINGS_CHARS:
+        raise _too_long(f"{what} (as JSON)", size, MAX_SETTINGS_CHARS)
     return settings
 
 
@@ -225,6 +283,13 @@ def parse_metadata(raw: Any) -> BankMetadata:
     if not isinstance(raw, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
         raise BankFormatError("bank metadata must be a map of strings to strings; this is not a "
                               "Safe Denoiser bank")
+    if len(raw) > MAX_METADATA_KEYS:
+        raise _too_long("bank metadata", len(raw), MAX_METADATA_KEYS, "keys")
+    for key, value in raw.items():
+        if key not in _BY_KEY and (len(key) > MAX_EXTRA_KEY_CHARS or len(value) > MAX_EXTRA_VALUE_CHARS):
+            raise BankFormatError(f"metadata key {key[:40]!r}: unknown keys may have {MAX_EXTRA_KEY_CHARS} "
+                                  f"characters and values {MAX_EXTRA_VALUE_CHARS}; this one has {len(key)} and "
+                                  f"{len(value)}")
     missing = [k.key for k in SCHEMA if k.required and k.key not in raw]
     if missing:
         raise BankFormatError(f"not a Safe Denoiser bank: metadata lacks {', '.join(missing)}")

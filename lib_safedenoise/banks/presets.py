@@ -68,6 +68,10 @@ class Preset:
 def _card(values: Any, where: str) -> dict[str, str]:
     if not isinstance(values, dict) or not all(k in CARD_FIELDS and isinstance(v, str) for k, v in values.items()):
         raise PresetError(f"{where}: card must be an object with string fields among {CARD_FIELDS}")
+    try:
+        metadata.check_card(values, what=f"{where}: card")
+    except BankFormatError as error:
+        raise PresetError(str(error)) from None
     return {k: values.get(k, "") for k in CARD_FIELDS}
 
 
@@ -87,6 +91,9 @@ def parse_settings_preset(text: str, *, where: str = "preset") -> Preset:
     title, space, count = data.get("title", ""), bank.get("latent_space", ""), bank.get("count", 0)
     if not isinstance(title, str) or not isinstance(space, str) or not isinstance(count, int):
         raise PresetError(f"{where}: title and bank.latent_space must be strings, bank.count an integer")
+    if len(title) > metadata.TEXT_LIMITS["title"] or len(space) > metadata.MAX_STRING_CHARS:
+        raise PresetError(f"{where}: title may have {metadata.TEXT_LIMITS['title']} characters and "
+                          f"bank.latent_space {metadata.MAX_STRING_CHARS}")
     try:
         settings = metadata.validate_settings(data.get("settings", {}), what=f"{where}: settings")
     except BankFormatError as error:
@@ -105,7 +112,7 @@ def read_preset(path: str | os.PathLike) -> Preset:
         if path.stat().st_size > MAX_PRESET_BYTES:
             raise PresetError(f"{path.name}: larger than {MAX_PRESET_BYTES} bytes; not a settings preset")
         return parse_settings_preset(path.read_text(encoding="utf-8", errors="replace"), where=path.name)
-    meta = fileformat.verify_hash(path).meta
+    meta = fileformat.verify_file(path).meta
     return Preset("bank", meta.title, {k: getattr(meta, k) for k in CARD_FIELDS}, meta.settings,
                   meta.hash_sha256, meta.latent_space, meta.count, str(path))
 
@@ -114,7 +121,7 @@ def export_preset(bank_path: str | os.PathLike, dest: str | os.PathLike, *, sett
                   settings: dict | None = None, card: dict | None = None, title: str | None = None) -> Path:
     """Write one file: a bank preset (the bank with ``settings``/``card`` in its metadata) or, with
     ``settings_only``, a ``.preset.json`` naming the bank by hash. Unset values come from the bank."""
-    meta = fileformat.verify_hash(bank_path).meta
+    meta = fileformat.verify_file(bank_path).meta
     new_settings = metadata.validate_settings(settings) if settings is not None else meta.settings
     _card(card or {}, "card")
     new_card = {k: getattr(meta, k) for k in CARD_FIELDS} | dict(card or {})
@@ -128,14 +135,8 @@ def export_preset(bank_path: str | os.PathLike, dest: str | os.PathLike, *, sett
                 "bank": {"hash_sha256": meta.hash_sha256, "title": meta.title, "latent_space": meta.latent_space,
                          "count": meta.count},
                 "settings": new_settings}
-    tmp = fileformat.temporary_path(dest, "preset")
-    try:
-        tmp.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        os.chmod(tmp, 0o644)
-        fileformat.replace_atomically(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dest
+    return fileformat.write_atomically(dest, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode(),
+                                       purpose="preset")
 
 
 def card_text(preset: Preset) -> str:

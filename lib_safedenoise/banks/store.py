@@ -1,7 +1,9 @@
 """A folder of banks (and settings-only presets), as the WebUI script, tab and API routes see it.
 
 Bank names are file stems (``<folder>/<name>.safetensors``), sanitised by ``builder.sanitize_name`` so a
-name can never leave the folder. Every method is thread-safe: writes are atomic renames and the
+name can never leave the folder; a name that cannot be used raises ``BankNameError`` (bad input). Opening a
+store removes the temporary files that killed builds and imports left in its folder
+(``fileformat.remove_stale_temporaries``). Every method is thread-safe: writes are atomic renames and the
 mutating operations share one lock. ``load`` returns a cached ``LatentBank`` that is re-read when the file
 changes on disk. No WebUI imports: the host passes the model's latent space id where compatibility
 matters.
@@ -10,6 +12,7 @@ matters.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import threading
 from dataclasses import dataclass
@@ -17,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from lib_safedenoise.banks import builder, fileformat, legacy, metadata, presets
-from lib_safedenoise.banks.errors import BankCompatibilityError, BankError
+from lib_safedenoise.banks.errors import BankCompatibilityError, BankError, BankExistsError, BankNameError
 from lib_safedenoise.banks.fileformat import BANK_SUFFIX
 from lib_safedenoise.banks.metadata import BankMetadata
 from lib_safedenoise.banks.builder import BuildReport, sanitize_name
@@ -48,12 +51,31 @@ class BankEntry:
                    if meta else {})}
 
 
+MAX_FILE_NAME_BYTES = 255
+"""The file-system limit on one file name, in UTF-8 bytes."""
+
+
+def upload_file_name(file_name: str) -> str:
+    """The base name of an uploaded file (its folders dropped), or ``BankNameError`` when there is none
+    (``""``, ``"."``, ``".."``, a name ending in a separator) or it cannot be a file name (a NUL
+    character, more than ``MAX_FILE_NAME_BYTES``)."""
+    base = re.split(r"[/\\]", str(file_name))[-1].strip()
+    if base in ("", ".", ".."):
+        raise BankNameError(f"file name {file_name!r} names no file; give the uploaded file's own name, e.g. "
+                            "mine.safetensors or mine.preset.json")
+    if "\0" in base or len(base.encode("utf-8", "surrogatepass")) > MAX_FILE_NAME_BYTES:
+        raise BankNameError(f"file name {base[:40]!r}... cannot be a file name (a NUL character, or more than "
+                            f"{MAX_FILE_NAME_BYTES} bytes in UTF-8)")
+    return base
+
+
 class BankStore:
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
         self._lock = threading.RLock()
         self._headers: dict[Path, tuple[tuple[int, int], BankMetadata | None, str]] = {}
         self._building: set[str] = set()
+        fileformat.remove_stale_temporaries(self.folder)
 
     def path_of(self, name: str) -> Path:
         return self.folder / (sanitize_name(name) + BANK_SUFFIX)
@@ -149,30 +171,29 @@ class BankStore:
     def _claim(self, name: str, overwrite: bool) -> Path:
         target = self.path_of(name)
         if target.exists() and not overwrite:
-            raise BankError(f"a bank named {sanitize_name(name)!r} already exists")
+            raise BankExistsError(f"a bank named {sanitize_name(name)!r} already exists")
         return target
 
     def import_file(self, source: str | os.PathLike, *, name: str | None = None, overwrite: bool = False,
                     allow_pickle: bool = False, space_id: str = "sd1") -> str:
-        """Copy a bank (or bank preset) into the store after verifying it; ``.pt`` legacy pickles are
-        converted only with ``allow_pickle`` (``space_id`` says which VAE made them)."""
+        """Copy a bank (or bank preset) into the store after verifying it (format, hash, finite values);
+        torch pickles (``legacy.is_torch_pickle``, whatever their suffix) are converted only with
+        ``allow_pickle`` (``space_id`` says which VAE made them)."""
         source = Path(source)
-        stem = name or source.name.removesuffix(BANK_SUFFIX).removesuffix(".pt").removesuffix(".pth")
+        stem = name or legacy.stem_of(source.name)
         with self._lock:
             target = self._claim(stem, overwrite)
-            if source.suffix in (".pt", ".pth", ".ckpt", ".bin"):
+            if legacy.is_torch_pickle(source):
                 legacy.convert_legacy_pt(source, target, allow_pickle=allow_pickle, space_id=space_id,
-                                           title=sanitize_name(stem))
+                                         title=sanitize_name(stem))
             else:
-                fileformat.verify_hash(source)
-                tmp = fileformat.temporary_path(target, "import")
-                try:
-                    shutil.copyfile(source, tmp)
-                    fileformat.verify_hash(tmp)
-                    os.chmod(tmp, 0o644)
-                    fileformat.replace_atomically(tmp, target)
-                finally:
-                    tmp.unlink(missing_ok=True)
+                fileformat.verify_file(source)
+
+                def copy(out) -> None:
+                    with open(source, "rb") as f:
+                        shutil.copyfileobj(f, out)
+
+                fileformat.write_atomically(target, copy, purpose="import", check=fileformat.verify_file)
                 fileformat.invalidate(target)
             return sanitize_name(stem)
 
@@ -219,7 +240,8 @@ class BankStore:
                 self._claim(clean, overwrite)
             self._building.add(clean)
         try:
-            return builder.build_bank(inputs, encoder, self.path_of(clean), append=append, **options)
+            return builder.build_bank(inputs, encoder, self.path_of(clean), append=append, overwrite=overwrite,
+                                      **options)
         finally:
             with self._lock:
                 self._building.discard(clean)
@@ -229,5 +251,5 @@ class BankStore:
             paths = [self._existing(n) for n in names]
             target = self.path_of(into)
             if target.exists() and not overwrite and target not in paths:
-                raise BankError(f"a bank named {sanitize_name(into)!r} already exists")
-            return builder.merge_banks(paths, target, **options)
+                raise BankExistsError(f"a bank named {sanitize_name(into)!r} already exists")
+            return builder.merge_banks(paths, target, overwrite=True, **options)

@@ -1,6 +1,7 @@
 """Speed of one correction against the released formulation and the memory lower bound.
 
-``python -m lib_safedenoise.bench speed [--json PATH] [--quick]``
+``python -m lib_safedenoise.bench speed [--json PATH] [--quick] [--scaling [--sizes M ...] [--batches B ...]
+[--structures S ...] [--modes MODE ...]]``
 
 For each latent shape (SD1 4x64x64, SDXL 4x128x128, SD3 16x128x128), bank size (515: the paper's nudity
 set, 3000: its CoPro set) and batch (1, 4) it times, best of a few runs:
@@ -14,6 +15,20 @@ set, 3000: its CoPro set) and batch (1, 4) it times, best of a few runs:
 - ``memory_bound_s``: one reduction over the adapted bank in the dtype the engine computes with, the
   least any method reading the bank once can take.
 
+With ``--scaling`` it measures instead how a whole sampling's correction grows with the bank (section
+``scaling``): banks of ``--sizes`` items at SD1 shape (4x64x64, float16) from two generators, ``uniform``
+(i.i.d. N(0, 1) values: nothing is near anything, the worst case for pruning) and ``clustered`` (1,000
+centres drawn N(0, 1), items = centre + 0.3 N(0, 1)); for the default mode (with a 1,000-item clustered
+reference bank) and the released code's flat kernel (``reference``). One simulated trajectory per case:
+a target ``x0`` (a fresh draw of the generator: near the bank for ``clustered``), and at each sigma of a
+20-step SD1 schedule ``x = x0 + sigma eps`` and a prediction ``x0_hat = x0 + 0.3 sigma / sqrt(1 + sigma^2)
+eps'``. Per sigma and summed over the sampling (``sigma: null``) it records the correction's time with
+certified pruning (``ours_s``) and with the full pass (``brute_force_s``, same run, same inputs), the
+largest certified error of any kernel in the step, the process CPU times (``*_cpu_s``: steadier than wall
+time on a machine shared with other jobs), the bytes read per bank (``bytes_read`` with pruning,
+``brute_force_bytes`` without) and which bound certified (``bounds``); per case the index's build time and
+its size against the float16 bank. Each time is a single run (a 100,000-item brute-force pass takes seconds).
+
 Timings on a shared machine are noisy; ratios within one run are what to compare. ``--threads 1``
 steadies them where other jobs compete for the cores.
 """
@@ -22,22 +37,38 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import math
 import platform
 import time
+
+try:
+    import resource
+except ImportError:  # not on Windows
+    resource = None
 
 import torch
 
 from lib_safedenoise import ENGINE_VERSION
+from lib_safedenoise.banks.fileformat import write_atomically
+from lib_safedenoise.bench.build_speed import measure_build_throughput
 from lib_safedenoise.core.engine import SafeDenoiser
 from lib_safedenoise.core.latent_bank import LatentBank
-from lib_safedenoise.core.modes import DEFAULT_MODE, MODES
+from lib_safedenoise.core.kernel import pruning, pruning_index
+from lib_safedenoise.core.modes import DEFAULT_MODE, MODES, sd1_alpha_bar
 
 SHAPES = ((4, 64, 64), (4, 128, 128), (16, 128, 128))
 BANK_SIZES = (515, 3000)
 BATCHES = (1, 4)
 QUICK = ((4, 32, 32),), (64,), (1, 2)
 RELEASED_LIMIT_BYTES = 8 << 30
+SCALING_SHAPE = (4, 64, 64)
+SCALING_SIZES = (1000, 10000, 100000)
+STRUCTURES = ("uniform", "clustered")
+SCALING_MODES = ("default", "reference")
+SCALING_STEPS = 20
+CENTRES = 1000
+REFERENCE_SIZE = 1000
+GENERATE_ROWS = 2000  # items generated per float32 chunk (130 MB at SD1 shape)
 
 
 def released_formulation(x0_hat: torch.Tensor, bank: torch.Tensor, bandwidth: float, scale: float) -> torch.Tensor:
@@ -99,6 +130,135 @@ def run_case(shape, count: int, batch: int, repeats: int) -> dict:
     return {"shape": list(shape), "bank_size": count, "batch": batch, **times}
 
 
+def sd1_sigmas(steps: int = SCALING_STEPS) -> list[float]:
+    """The sigmas of a ``steps``-step SD1 sampling: timesteps evenly from 999 to 0, ``sqrt((1 - a) / a)``."""
+    timesteps = torch.linspace(999, 0, steps).round().long().tolist()
+    return [math.sqrt((1 - sd1_alpha_bar(t)) / sd1_alpha_bar(t)) for t in timesteps]
+
+
+def centres(shape, generator: torch.Generator) -> torch.Tensor:
+    return torch.randn(CENTRES, *shape, generator=generator)
+
+
+def generate(structure: str, count: int, shape, generator: torch.Generator,
+             centre_set: torch.Tensor | None) -> torch.Tensor:
+    """A float16 bank of ``count`` items from ``structure``, generated in float32 chunks."""
+    bank = torch.empty(count, *shape, dtype=torch.float16)
+    for start in range(0, count, GENERATE_ROWS):
+        rows = min(GENERATE_ROWS, count - start)
+        noise = torch.randn(rows, *shape, generator=generator)
+        if structure == "clustered":
+            labels = torch.randint(0, len(centre_set), (rows,), generator=generator)
+            noise = centre_set[labels] + 0.3 * noise
+        bank[start:start + rows] = noise
+    return bank
+
+
+def normalize_in_place(bank: torch.Tensor) -> None:
+    """Every position a unit channel vector (the released code's cache format), in chunks."""
+    for start in range(0, len(bank), GENERATE_ROWS):
+        part = bank[start:start + GENERATE_ROWS].float()
+        bank[start:start + GENERATE_ROWS] = part / part.norm(dim=1, keepdim=True)
+
+
+def bank_reads(record) -> dict:
+    """Bytes read per bank name and the largest certified error of one image's step record."""
+    reads = {bank["name"]: bank["bytes_read"] for bank in record.banks}
+    errors = [bank["certified_error"] for bank in record.banks]
+    if record.reference is not None:
+        reads[record.reference["name"]] = record.reference["bytes_read"]
+        errors.append(record.reference["certified_error"])
+    return {"bytes": reads, "error": max(errors)}
+
+
+def scaling_case(structure: str, mode: str, bank: LatentBank, reference: LatentBank | None, batch: int,
+                 centre_set, sigmas: list[float], seed: int) -> list[dict]:
+    """Per-sigma records and the whole-sampling record of one case (see the module docstring)."""
+    generator = torch.Generator().manual_seed(seed)
+    shape = tuple(bank.latents.shape[1:])
+    if structure == "clustered":
+        x0 = centre_set[torch.randint(0, len(centre_set), (batch,), generator=generator)]
+        x0 = x0 + 0.3 * torch.randn(batch, *shape, generator=generator)
+    else:
+        x0 = torch.randn(batch, *shape, generator=generator)
+    settings = dict(window=(0, 1), threshold=-1e9) if mode == "reference" else dict(window=(0, 1))
+    make = lambda: SafeDenoiser([(bank, 1.0)], mode=mode, reference=reference, **settings)  # noqa: E731
+    ours, brute = make(), make()
+    started = time.perf_counter()
+    for view in [bank.adapted(device="cpu", size=shape[-2:])] + (
+            [] if reference is None else [reference.adapted(device="cpu", size=shape[-2:])]):
+        pruning_index(view, torch.device("cpu"))
+    index_s = time.perf_counter() - started
+    with pruning(None):  # one-off per-bank set-up (spread, moments, calibration), on other image ids
+        brute.correct_x0(x0, x0, 1.0, 0, 1, image_ids=range(10_000, 10_000 + batch))
+    records = []
+    for step, sigma in enumerate(sigmas):
+        x = x0 + sigma * torch.randn(x0.shape, generator=generator)
+        x0_hat = x0 + 0.3 * sigma / math.sqrt(1 + sigma ** 2) * torch.randn(x0.shape, generator=generator)
+        started, cpu = time.perf_counter(), time.process_time()
+        ours.correct_x0(x0_hat, x, sigma, step, len(sigmas))
+        ours_s, ours_cpu = time.perf_counter() - started, time.process_time() - cpu
+        with pruning(None):
+            started, cpu = time.perf_counter(), time.process_time()
+            brute.correct_x0(x0_hat, x, sigma, step, len(sigmas))
+            brute_s, brute_cpu = time.perf_counter() - started, time.process_time() - cpu
+        pruned = [bank_reads(ours.report.images[image][-1]) for image in range(batch)]
+        full = bank_reads(brute.report.images[0][-1])
+        records.append({"bank_size": bank.count, "batch": batch, "structure": structure, "mode": mode,
+                        "sigma": sigma, "ours_s": ours_s, "brute_force_s": brute_s,
+                        "ours_cpu_s": ours_cpu, "brute_force_cpu_s": brute_cpu,
+                        "certified_error": max(p["error"] for p in pruned),
+                        "bytes_read": sum(pruned[0]["bytes"].values()), "bytes_read_by_bank": pruned[0]["bytes"],
+                        "brute_force_bytes": sum(full["bytes"].values())})
+    records.append({"bank_size": bank.count, "batch": batch, "structure": structure, "mode": mode, "sigma": None,
+                    **{key: sum(r[key] for r in records) for key in (
+                        "ours_s", "brute_force_s", "ours_cpu_s", "brute_force_cpu_s", "bytes_read",
+                        "brute_force_bytes")},
+                    "certified_error": max(r["certified_error"] for r in records),
+                    "index_build_s": index_s,
+                    "index_share": pruning_index(bank.adapted(device="cpu", size=shape[-2:]),
+                                                 torch.device("cpu")).nbytes() / (bank.latents.numel() * 2)})
+    return records
+
+
+def run_scaling(sizes, batches, structures, modes) -> list[dict]:
+    """Every scaling case; one bank in memory at a time (a 100,000-item SD1 bank is 3.3 GB)."""
+    generator = torch.Generator().manual_seed(0)
+    centre_set = centres(SCALING_SHAPE, generator)
+    reference = LatentBank("reference", generate("clustered", REFERENCE_SIZE, SCALING_SHAPE,
+                                                 torch.Generator().manual_seed(1), centres(SCALING_SHAPE, generator)),
+                           role="reference")
+    sigmas = sd1_sigmas()
+    records = []
+    for count in sizes:
+        for structure in structures:
+            latents = generate(structure, count, SCALING_SHAPE, torch.Generator().manual_seed(count), centre_set)
+            for mode in modes:
+                if mode == "reference":
+                    normalize_in_place(latents)
+                    bank = LatentBank(f"{structure}-{count}", latents, channel_normalized=True)
+                else:
+                    bank = LatentBank(f"{structure}-{count}", latents)
+                for batch in batches:
+                    records += scaling_case(structure, mode, bank, reference if mode == "default" else None,
+                                            batch, centre_set, sigmas, seed=batch)
+                    print(scaling_table(records[-1:]), flush=True)
+                bank.release()
+            del latents
+    return records
+
+
+def scaling_table(records: list[dict]) -> str:
+    lines = []
+    for r in records:
+        sigma = "all" if r["sigma"] is None else f"{r['sigma']:.3f}"
+        lines.append(f"{r['structure']:>9} {r['mode']:>9} M={r['bank_size']:>6} B={r['batch']} sigma={sigma:>6} "
+                     f"ours {r['ours_s']:8.3f}s brute {r['brute_force_s']:8.3f}s "
+                     f"x{r['brute_force_s'] / r['ours_s']:5.1f} (cpu x{r['brute_force_cpu_s'] / r['ours_cpu_s']:5.1f}) err {r['certified_error']:.1e} "
+                     f"read {r['bytes_read'] / 1e6:9.1f} MB (brute {r['brute_force_bytes'] / 1e6:9.1f} MB)")
+    return "\n".join(lines)
+
+
 def table(cases: list[dict]) -> str:
     head = (f"{'shape':>11} {'M':>5} {'B':>2} {'ours ms':>9} {'default ms':>10} {'released ms':>11} "
             f"{'bound ms':>9} {'released/ours':>13} {'ours/bound':>10}")
@@ -117,24 +277,31 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lib_safedenoise.bench speed", description=__doc__.split("\n")[0])
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON here")
     parser.add_argument("--quick", action="store_true", help="one small shape (a smoke test)")
+    parser.add_argument("--scaling", action="store_true", help="the big-bank scaling benchmark instead")
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(SCALING_SIZES), help="scaling: bank sizes")
+    parser.add_argument("--batches", type=int, nargs="+", default=list(BATCHES), help="scaling: batch sizes")
+    parser.add_argument("--structures", nargs="+", choices=STRUCTURES, default=list(STRUCTURES),
+                        help="scaling: bank generators")
+    parser.add_argument("--modes", nargs="+", choices=SCALING_MODES, default=list(SCALING_MODES),
+                        help="scaling: modes")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice); on a "
                         "busy shared machine 1 thread gives the steadiest numbers")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    shapes, sizes, batches = QUICK if args.quick else (SHAPES, BANK_SIZES, BATCHES)
-    cases = [run_case(shape, count, batch, 2 if args.quick else 5)
-             for shape in shapes for count in sizes for batch in batches]
     result = {"engine_version": ENGINE_VERSION, "default_mode": DEFAULT_MODE, "torch": torch.__version__,
-              "threads": torch.get_num_threads(), "machine": platform.machine(), "device": "cpu",
-              "cases": cases}
-    from lib_safedenoise.banks import builder
-    if hasattr(builder, "measure_build_throughput"):
-        result["bank_build"] = builder.measure_build_throughput(**({"images": 8} if args.quick else {}))
-    print(table(cases))
+              "threads": torch.get_num_threads(), "machine": platform.machine(), "device": "cpu"}
+    if args.scaling:
+        result["scaling"] = run_scaling(args.sizes, args.batches, args.structures, args.modes)
+        if resource is not None:  # the whole process's peak, banks and their generation included
+            result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        print(scaling_table([r for r in result["scaling"] if r["sigma"] is None]))
+    else:
+        shapes, sizes, batches = QUICK if args.quick else (SHAPES, BANK_SIZES, BATCHES)
+        result["cases"] = [run_case(shape, count, batch, 2 if args.quick else 5)
+                           for shape in shapes for count in sizes for batch in batches]
+        result["bank_build"] = measure_build_throughput(**({"images": 8} if args.quick else {}))
+        print(table(result["cases"]))
     if args.json:
-        partial = f"{args.json}.partial"
-        with open(partial, "w", encoding="utf-8") as handle:
-            json.dump(result, handle, indent=2)
-        os.replace(partial, args.json)
+        write_atomically(args.json, json.dumps(result, indent=2).encode("utf-8"))
     return 0

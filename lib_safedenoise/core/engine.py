@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 
 from lib_safedenoise import ENGINE_VERSION
-from .kernel import derived, per_image
+from .kernel import KernelRecord, derived, per_image, reading
 from .latent_bank import LatentBank
 from .modes import MODES, BankEffect, Step, resolve_mode
 from .schedule import in_window, step_progress, validate_window
@@ -26,7 +26,10 @@ class StepRecord:
 
     ``beta`` (each mode's estimate, whether or not its gate let it act) and ``nearest_distance`` are summed /
     minimised over the negation banks (``None`` outside the window, where nothing is computed); ``banks``
-    holds the per-bank values in the order given.
+    holds the per-bank values in the order given, each with ``bytes_read`` (what this step's correction of
+    the whole batch read of that bank and its pruning index) and ``certified_error`` (this image's bound on
+    the weight the bank's pruned kernels skipped, relative to what they kept: ``kernel.KernelPass``);
+    ``reference`` the same for the reference bank, when one was read.
     """
 
     step: int
@@ -34,6 +37,16 @@ class StepRecord:
     beta: float | None = None
     nearest_distance: float | None = None
     banks: list = field(default_factory=list)
+    reference: dict | None = None
+
+
+def bank_reads(records: list[KernelRecord], view: torch.Tensor, row: int, batch: int) -> dict:
+    """The bytes a step's kernels read of one bank view (a one-off calibration included), and image
+    ``row``'s largest certified error among the kernels queried with the step's batch."""
+    mine = [r for r in records if r.bank == id(view)]
+    return {"bytes_read": sum(r.bytes_read for r in mine),
+            "certified_error": max((r.certified_error[row] for r in mine if len(r.certified_error) == batch),
+                                   default=0.0)}
 
 
 class CorrectionReport:
@@ -60,7 +73,8 @@ class CorrectionReport:
 class SafeDenoiser:
     """Corrects denoised estimates away from one or more negation banks.
 
-    ``negations``: ``(bank, strength)`` pairs; each bank corrects with its own strength (0 disables it).
+    ``negations``: ``(bank, strength)`` pairs; each bank corrects with its own strength (0 disables it), in
+    ``[0, MODES[mode].max_strength]`` (``modes.MAX_STRENGTH`` except in ``paper`` mode).
     ``mode``: a name from ``modes.MODES`` or ``"default"``; ``mode_name`` holds the concrete name.
     ``bandwidth``, ``window`` (fractions of the sampling steps, see ``schedule``), ``threshold``: override
     the mode's defaults (``None`` keeps them; see ``modes.Mode`` and each mode's documentation).
@@ -85,8 +99,9 @@ class SafeDenoiser:
         if not self.negations:
             raise ValueError("Safe Denoiser needs at least one negation bank")
         for bank, strength in self.negations:
-            if not math.isfinite(strength) or strength < 0:
-                raise ValueError(f"bank {bank.name!r}: strength must be a finite number >= 0, got {strength}")
+            if not 0 <= strength <= self.mode.max_strength or not math.isfinite(strength):
+                raise ValueError(f"bank {bank.name!r}: strength must lie in [0, {self.mode.max_strength:g}] "
+                                 f"in mode {self.mode_name!r}, got {strength:g}")
             if bank.channel_normalized and not self.mode.accepts_channel_normalized:
                 raise ValueError(f"bank {bank.name!r} holds channel-normalised latents (the released code's "
                                  f"cache format); only the reference modes accept it, not {self.mode_name!r}")
@@ -99,7 +114,7 @@ class SafeDenoiser:
                                  f"which mode {self.mode_name!r} cannot use")
         self.reference = reference
         self.report = CorrectionReport(self.mode_name, self.describe())
-        self._memories = [{} for _ in self.negations]  # per negation bank, for modes that remember
+        self._memories = [{} for _ in self.negations]  # per negation bank: each mode's ``memory``
 
     def describe(self) -> dict:
         """The concrete mode, engine version and resolved settings (for infotext and reports)."""
@@ -114,7 +129,7 @@ class SafeDenoiser:
             raise ValueError(f"bank {bank.name!r} has latents of shape {tuple(bank.latents.shape)} but the "
                              f"generation's latents have shape {tuple(like.shape)}: channel counts differ "
                              f"(a bank from another latent space?)")
-        dtype = like.dtype if like.dtype in (torch.float16, torch.bfloat16, torch.float64) else torch.float32
+        dtype = like.dtype if like.dtype in (torch.float16, torch.bfloat16, torch.float64) else None  # None: the bank's storage dtype
         view = bank.adapted(device=like.device, dtype=dtype, size=tuple(like.shape[-2:]))
         if transform is not None and not bank.channel_normalized:
             view = derived(view, ("transform", transform), lambda: transform(view))
@@ -129,6 +144,8 @@ class SafeDenoiser:
         ids = list(range(batch)) if image_ids is None else [int(i) for i in image_ids]
         if len(ids) != batch:
             raise ValueError(f"image_ids has {len(ids)} entries for a batch of {batch}")
+        if batch == 0:  # no image to correct (and nothing to record): the empty input itself
+            return x0_hat, None
         sigmas = per_image(sigma, batch, x0_hat.device)
         for name, value in (("x0_hat", x0_hat), ("x", x), ("sigma", sigmas)):
             if not torch.isfinite(value).all():
@@ -141,23 +158,24 @@ class SafeDenoiser:
 
         views = [(self._view(bank, x0_hat, self.mode.bank_transform), strength)
                  for bank, strength in self.negations]
-        extra = {}
-        if self.reference is not None:
-            extra["reference"] = self._view(self.reference, x0_hat, None)
+        reference = None if self.reference is None else self._view(self.reference, x0_hat, None)
         inputs = Step(x0_hat.float().flatten(1), x.float().flatten(1), sigmas, tuple(x0_hat.shape),
                       step_progress(step, total_steps), tuple(ids))
-        effects: list[BankEffect] = [
-            self.mode.correct(inputs, view, strength, self.settings, **extra,
-                              **({"memory": memory} if self.mode.remembers else {}))
-            for (view, strength), memory in zip(views, self._memories)]
+        with reading() as reads:
+            effects: list[BankEffect] = [
+                self.mode.correct(inputs, view, strength, self.settings, reference=reference, memory=memory)
+                for (view, strength), memory in zip(views, self._memories)]
         fired = torch.stack([e.fired for e in effects]).any(0)
         per_bank = [(bank.name, e.fired.tolist(), e.beta.tolist(), e.nearest_distance.tolist())
                     for (bank, _), e in zip(self.negations, effects)]  # one device sync per bank, not per value
         for row, image in enumerate(ids):
-            banks = [{"name": name, "fired": f[row], "beta": b[row], "nearest_distance": d[row]}
-                     for name, f, b, d in per_bank]
+            banks = [{"name": name, "fired": f[row], "beta": b[row], "nearest_distance": d[row],
+                      **bank_reads(reads, view, row, batch)} for (name, f, b, d), (view, _) in zip(per_bank, views)]
+            used = reference is not None and any(r.bank == id(reference) for r in reads)
             self.report.add(image, StepRecord(step, any(b["fired"] for b in banks), sum(b["beta"] for b in banks),
-                                              min(b["nearest_distance"] for b in banks), banks))
+                                              min(b["nearest_distance"] for b in banks), banks,
+                                              {"name": self.reference.name, **bank_reads(reads, reference, row, batch)}
+                                              if used else None))
         if not fired.any():
             return x0_hat, fired
         corrected = (inputs.x0_hat + sum(e.delta for e in effects)).reshape(x0_hat.shape)
@@ -175,7 +193,7 @@ class SafeDenoiser:
         ``[0, total_steps)`` counts *sampler* steps (both evaluations of a second-order step share one);
         ``image_ids``: the images' global indices in the generation (default ``0..B-1``), which key the
         report. Outside the window, or where nothing fires, ``x0_hat`` itself is returned; images that do
-        not fire keep their exact values.
+        not fire keep their exact values. An empty batch (``B = 0``) is returned as it is.
         """
         return self._correct(x0_hat, x, sigma, step, total_steps, image_ids)[0]
 
@@ -185,10 +203,16 @@ class SafeDenoiser:
         ``x = sqrt(a) x0 + sqrt(1 - a) eps`` with ``a = alphas_cumprod[timestep]`` (``timestep`` an
         integer-valued float or ``[B]`` tensor). Converts to ``x0`` and to the VE pair
         ``(x / sqrt(a), sigma = sqrt((1 - a) / a))``, corrects, and converts back. Returns ``eps`` itself
-        when nothing fires, and the exact rows of ``eps`` for images that do not fire.
+        when nothing fires, and the exact rows of ``eps`` for images that do not fire. A ``timestep``
+        outside ``[0, len(alphas_cumprod) - 1]`` is a ``ValueError``; an empty batch returns ``eps``.
         """
         batch = eps.shape[0]
-        index = per_image(timestep, batch, alphas_cumprod.device).round().long()
+        if batch == 0:
+            return eps
+        steps = per_image(timestep, batch, alphas_cumprod.device).round()
+        if not (torch.isfinite(steps).all() and (steps >= 0).all() and (steps < len(alphas_cumprod)).all()):
+            raise ValueError(f"timestep {steps.tolist()} is outside the schedule's 0..{len(alphas_cumprod) - 1}")
+        index = steps.long()
         alpha_bar = alphas_cumprod.double()[index].to(eps.device).view(batch, 1, 1, 1)
         signal, noise = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
         x0_hat = ((x.double() - noise * eps.double()) / signal).to(eps.dtype)

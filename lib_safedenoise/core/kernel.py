@@ -1,4 +1,4 @@
-"""Gaussian-kernel estimators over a latent bank, exact and chunked.
+"""Gaussian-kernel estimators over a latent bank: exact, chunked, and pruned with a certified error.
 
 Every quantity the modes need comes from two sweeps over the bank in chunks of rows, never a
 ``B x M x D`` tensor. The first forms all query-to-item distances with one matrix product per chunk (the
@@ -6,16 +6,17 @@ items' squared norms are computed once per bank tensor); the log-sum-exp over th
 exact, with one shift by the true maximum, even when squared distances reach 10^5 or more (SD latents have
 D = 16,384 to 262,144 values, where a plain ``exp`` underflows to 0 for every item). The second sweep forms
 the weighted sum of the items. In high dimension the kernel is so peaked that only a few items carry any
-weight: on CPU the second sweep then reads just those (``NEGLIGIBLE_LOG_WEIGHT``), and the whole estimate
-costs about one read of the bank. A flat kernel (the released code's unsquared distance with its wide fixed
-bandwidth) needs both sweeps in full: two reads.
+weight: on CPU (or for a bank held in CPU memory) the second sweep then reads just those
+(``NEGLIGIBLE_LOG_WEIGHT``), and the whole estimate costs about one read of the bank. A flat kernel (the
+released code's unsquared distance with its wide fixed bandwidth) needs both sweeps in full: two reads.
+A fused one-sweep (flash-attention-style) variant was measured slower on CPU: it pays a rescale of the
+``B x D`` accumulator and a dozen small operations per chunk (``python -m lib_safedenoise.bench speed``).
 
-Why not one fused flash-attention-style sweep (running log-sum-exp, the weighted sum while the chunk is in
-cache)? Measured on a 2-core Xeon with 1 thread: for batch 1 the two sweeps are faster (1.6-1.9x the time
-of one read against 1.9-2.3x), because a fused sweep pays a rescale of the ``B x D`` accumulator and a dozen
-small operations per chunk; for batch 4 neither reaches 2x (the library's matrix products with 4 rows run
-at 1.1-1.5x the time of a plain read each, and a fused sweep with cache-resident chunks pays the per-chunk
-overhead instead). ``python -m lib_safedenoise.bench speed`` prints the ratios.
+Large banks (``pruning.MIN_ITEMS`` items or more) are first bounded from a small index kept with the bank
+(``pruning.PruningIndex``: block means, clusters, norms); only the items the bounds cannot rule out are
+scored exactly, and the neglected weight is certified (``KernelPass.certified_error``); where the bounds
+certify nothing the full pass runs (``KernelPass.bound``). ``pruning(tolerance)`` sets the tolerance
+(``None``: always the full pass); ``reading()`` collects what each pass read.
 
 Banks may be float16/bfloat16; each chunk is widened to float32 before use, so all accumulation is
 float32. Squared distances use ``|q|^2 + |x_n|^2 - 2 q.x_n`` (clamped at 0), as ``torch.cdist`` does for
@@ -24,19 +25,21 @@ large inputs: their absolute error is about 1e-7 of the squared norms.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 
-from .latent_bank import LatentBank
+from . import pruning as prune
+from .latent_bank import HostedBank, LatentBank
 
 CHUNK_BYTES = 16 << 20
 """Float32 bytes of bank rows per chunk (a float16 bank's chunk is widened to this): large enough that the
-per-chunk calls cost nothing, small enough that the widened copy stays in cache (measured best of
-1-64 MB on a 2-core Xeon, within noise of 64 MB)."""
+per-chunk calls cost nothing, small enough that the widened copy stays in cache."""
 
 MIN_CHUNK_ROWS = 8
 """Lower bound on rows per chunk, so the largest latents (1 MB per item) still make one product per 8 items."""
@@ -48,7 +51,8 @@ NEGLIGIBLE_LOG_WEIGHT = 40.0
 SPARSE_SHARE = 4
 """The weighted sum gathers the items that matter when they are at most ``1 / SPARSE_SHARE`` of the bank
 (a gathered row costs about three reads: copy out, copy in, product); otherwise it sweeps every chunk. On
-GPUs the selection would need a device sync, so they always sweep."""
+GPUs the selection would need a device sync, so they always sweep (except for a bank held in CPU memory,
+where a sweep would fetch it all)."""
 
 
 @dataclass
@@ -57,12 +61,71 @@ class KernelPass:
 
     ``mean``: ``[B, D]`` kernel-weighted mean of the items, ``sum_n w_n x_n / sum_n w_n``.
     ``log_weight_sum``: ``[B]``, ``log sum_n w_n`` with ``w_n = exp(-dist_n / (2 h^2))``.
-    ``min_sq_distance``: ``[B]``, squared Euclidean distance to the nearest item.
+    ``min_sq_distance``: ``[B]``, squared Euclidean distance to the nearest item scored exactly (with
+    pruning, the nearest item is among them whenever ``kept * certified_error < 1``: a skipped item weighs
+    at most ``certified_error`` times the kept total, so it cannot outweigh each of ``kept`` items).
+    ``certified_error``: ``[B]``, the bound ``rho`` on the skipped items' weight relative to the kept ones
+    (0 for the full pass): ``log_weight_sum`` is low by at most ``rho``. ``denoiser_error``: ``[B]``, a bound
+    on ``|mean - exact mean|``. ``bound``: ``"full"``, ``"cluster"`` or ``"pooled+cluster"`` (which
+    bounds certified the skipped items). ``kept``: items scored exactly. ``bytes_read``: bytes of the bank
+    and its index read.
     """
 
     mean: torch.Tensor
     log_weight_sum: torch.Tensor
     min_sq_distance: torch.Tensor
+    certified_error: torch.Tensor | None = None
+    denoiser_error: torch.Tensor | None = None
+    bound: str = "full"
+    kept: int = 0
+    bytes_read: int = 0
+
+
+@dataclass
+class KernelRecord:
+    """One kernel pass as ``reading()`` collects it: the bank tensor's id and size, and what the pass read
+    and certified (``certified_error``/``denoiser_error`` as per-image lists)."""
+
+    bank: int
+    count: int
+    bound: str
+    kept: int
+    bytes_read: int
+    certified_error: list = field(default_factory=list)
+    denoiser_error: list = field(default_factory=list)
+
+
+_tolerance: contextvars.ContextVar[float | None] = contextvars.ContextVar("tolerance", default=prune.DEFAULT_TOLERANCE)
+_min_items: contextvars.ContextVar[int] = contextvars.ContextVar("min_items", default=prune.MIN_ITEMS)
+_ledger: contextvars.ContextVar[list | None] = contextvars.ContextVar("ledger", default=None)
+
+
+@contextlib.contextmanager
+def pruning(tolerance: float | None, *, min_items: int | None = None):
+    """Within the block, kernel passes prune with ``tolerance`` (the bound on ``rho``), or never with ``None``,
+    banks of ``min_items`` items or more (``None``: keep the current size, by default ``pruning.MIN_ITEMS``)."""
+    if tolerance is not None and not 0 < tolerance < 1:
+        raise ValueError(f"pruning tolerance must be in (0, 1) or None, got {tolerance}")
+    if min_items is not None and min_items < 1:
+        raise ValueError(f"pruning min_items must be >= 1, got {min_items}")
+    token = _tolerance.set(tolerance)
+    size_token = _min_items.set(_min_items.get() if min_items is None else min_items)
+    try:
+        yield
+    finally:
+        _min_items.reset(size_token)
+        _tolerance.reset(token)
+
+
+@contextlib.contextmanager
+def reading():
+    """Collect a ``KernelRecord`` for every kernel pass run within the block (yields the list)."""
+    records: list[KernelRecord] = []
+    token = _ledger.set(records)
+    try:
+        yield records
+    finally:
+        _ledger.reset(token)
 
 
 _derived: dict[int, dict] = {}  # by id of a live tensor; tensors compare elementwise, so no WeakKeyDictionary
@@ -72,7 +135,8 @@ def derived(tensor: torch.Tensor, key: tuple, compute: Callable[[], Any]):
     """``compute()`` once per bank tensor and ``key``, until the tensor is freed or changed in place.
 
     Adapted bank views (``LatentBank.adapted``) live until the bank is edited or released, so values
-    derived from a bank (its items' norms, a calibrated threshold, ...) are computed once per generation.
+    derived from a bank (its items' norms, a calibrated threshold, its pruning index, ...) are computed
+    once per generation and freed with the view.
     """
     cache = _derived.get(id(tensor))
     if cache is None:
@@ -101,51 +165,171 @@ def per_image(value, batch: int, device) -> torch.Tensor:
     return tensor
 
 
-def check_compatible(x: torch.Tensor, bank: torch.Tensor) -> None:
+def check_compatible(x: torch.Tensor, bank) -> None:
     """Raise ``ValueError`` naming both shapes unless ``x [B,C,H,W]`` and ``bank [M,C,H,W]`` match."""
-    if x.ndim != 4 or bank.ndim != 4 or x.shape[1:] != bank.shape[1:]:
+    if x.ndim != 4 or len(bank.shape) != 4 or x.shape[1:] != bank.shape[1:]:
         raise ValueError(f"latents of shape {tuple(x.shape)} do not match bank items of shape "
                          f"{tuple(bank.shape)}: channels, height and width must agree")
 
 
-def kernel_pass(x: torch.Tensor, bandwidth, bank: torch.Tensor, *, squared: bool = True,
+class _Rows:
+    """Rows of a bank as float-widenable ``[n, D]`` tensors on the compute device, counting bytes read.
+
+    For a tensor on the compute device rows are views; for a ``HostedBank`` they are fetched from its
+    storage (chunk by chunk, or just the rows asked for)."""
+
+    def __init__(self, bank, device):
+        self.hosted = isinstance(bank, HostedBank)
+        self.storage = bank.items if self.hosted else bank
+        self.items = self.storage.reshape(self.storage.shape[0], -1)
+        self.device = device
+        self.row_bytes = self.items.shape[1] * self.items.element_size()
+        self.bytes_read = 0
+
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        part = self.items[start:stop]
+        self.bytes_read += part.shape[0] * self.row_bytes
+        return part.to(self.device, non_blocking=True) if self.hosted else part
+
+    def take(self, index: torch.Tensor) -> torch.Tensor:
+        self.bytes_read += index.numel() * self.row_bytes
+        return self.items.index_select(0, index.to(self.items.device)).to(self.device, non_blocking=True)
+
+
+def _exact(queries, rows: _Rows, count: int, norms, scale, squared: bool, chunk: int, sparse: bool):
+    """The two sweeps over ``count`` rows of ``rows``: ``(mean, log_weight_sum, min_sq)``; ``scale [B]`` is
+    ``-1 / (2 h^2)``."""
+    starts = range(0, count, chunk)
+    products = [torch.addmm(part_norms, queries, rows.rows(start, start + chunk).float().T, alpha=-2)
+                for start, part_norms in zip(starts, norms.split(chunk))]
+    sq = torch.cat(products, 1).add_(queries.square().sum(1, keepdim=True)).clamp_(min=0)
+    score = (sq if squared else sq.sqrt()) * scale[:, None]
+    top = score.amax(1)
+    weights = torch.exp(score - top[:, None])
+    total = weights.sum(1)
+    kept = (score > top[:, None] - NEGLIGIBLE_LOG_WEIGHT).any(0).nonzero().squeeze(1) if sparse else None
+    if kept is not None and kept.numel() * SPARSE_SHARE <= count:
+        weighted = weights[:, kept] @ rows.take(kept).float()
+    else:
+        weighted = torch.zeros_like(queries)
+        for start in starts:
+            weighted.addmm_(weights[:, start:start + chunk], rows.rows(start, start + chunk).float())
+    return weighted / total[:, None], top + total.log(), sq.amin(1)
+
+
+def pruning_index(bank, device, chunk_rows: int | None = None) -> prune.PruningIndex:
+    """The bank's ``pruning.PruningIndex`` on ``device`` (built once per bank tensor, freed with it)."""
+    rows = _Rows(bank, device)
+    chunk = chunk_rows or max(MIN_CHUNK_ROWS, CHUNK_BYTES // (4 * rows.items.shape[1]))
+    return derived(rows.storage, ("pruning_index", str(device)), lambda: prune.build_index(
+        rows.items.shape[0], lambda start, stop: rows.rows(start, stop).reshape(-1, *rows.storage.shape[1:]),
+        tuple(rows.storage.shape[1:]), rows.storage.dtype, device, chunk))
+
+
+def _direct_sq(queries, items, chunk: int) -> torch.Tensor:
+    """``[B, n]`` squared distances from the differences themselves (no cancellation of ``|q|^2 + |x|^2``:
+    relative error about 1e-7 of the distance, not of the norms), for the few rows pruning keeps."""
+    rows = max(1, chunk // max(1, queries.shape[0]))
+    return torch.cat([(queries[:, None] - part.float()[None]).square_().sum(2) for part in items.split(rows)], 1)
+
+
+def _pruned(queries, rows: _Rows, index: prune.PruningIndex, scale, squared: bool, chunk: int,
+            tolerance: float, shape: tuple):
+    """The kernel on the items the bounds cannot skip, or ``None`` when that would keep more than
+    ``1 / pruning.PAY_SHARE`` of the bank (the caller then runs the full pass); second: the bytes a failed
+    attempt read. See ``pruning``."""
+    count = index.count
+    query_sq = queries.square().sum(1)
+    read = index.cluster_bytes()
+
+    def scores(sq):  # scores from squared distances (or their lower bounds: upper bounds on the scores)
+        return (sq if squared else sq.sqrt()) * scale[:, None]
+
+    lower = index.cluster_lower_bound(queries, query_sq)
+    bound = "cluster"
+    seeds = scores(lower).topk(min(prune.SEEDS, count), 1).indices.flatten().unique()
+    floor = scores(_direct_sq(queries, rows.take(seeds), chunk)).logsumexp(1)
+    is_seed = torch.zeros(count, dtype=torch.bool, device=queries.device)
+    is_seed[seeds] = True
+
+    def keep_mask(upper):
+        skip = prune.skippable(upper.masked_fill(is_seed, -math.inf), floor, tolerance) & ~is_seed
+        return ~skip.all(0)
+
+    keep = keep_mask(scores(lower))
+    kept_count = int(keep.sum())
+    # the pooled bound (a read of 1/8 of a float16 bank) is tried only where the cluster bound alone nearly
+    # paid: where it keeps more than half the bank (high noise) the pooled one certifies nothing either
+    if count < kept_count * 4 * prune.PAY_SHARE and kept_count * 2 <= count and index.pooled is not None:
+        lower = torch.maximum(lower, index.pooled_lower_bound(queries, query_sq, shape))
+        read += index.pooled_bytes()
+        bound = "pooled+cluster"
+        keep = keep_mask(scores(lower))
+    kept = keep.nonzero().squeeze(1)
+    if kept.numel() * prune.PAY_SHARE > count:
+        return None, read + rows.bytes_read
+    survivors = rows.take(kept)
+    sq = _direct_sq(queries, survivors, chunk)
+    score = scores(sq)
+    log_sum = score.logsumexp(1)
+    mean = torch.softmax(score, 1) @ survivors.float()
+    skipped = ~keep
+    if bool(skipped.any()):
+        rho = torch.exp(scores(lower[:, skipped]).logsumexp(1) - log_sum)
+        farthest = index.sq_norms[skipped].amax().sqrt()
+    else:
+        rho, farthest = torch.zeros_like(log_sum), torch.zeros((), device=queries.device)
+    error = rho * (farthest + mean.norm(dim=1))
+    # read: the index, the seeds and survivors gathered from the bank, the gathered copy (swept twice)
+    return KernelPass(mean, log_sum, sq.amin(1), rho, error, bound, kept.numel(),
+                      read + rows.bytes_read + 2 * kept.numel() * rows.row_bytes), 0
+
+
+def kernel_pass(x: torch.Tensor, bandwidth, bank, *, squared: bool = True,
                 chunk_rows: int | None = None) -> KernelPass:
-    """The Gaussian kernel ``w_n = exp(-dist_n / (2 h^2))`` of every query against ``bank``, in two chunked
-    sweeps (see the module docstring).
+    """The Gaussian kernel ``w_n = exp(-dist_n / (2 h^2))`` of every query against ``bank``: pruned with a
+    certified error when the bank is large and the bounds allow, else two chunked sweeps (see the module
+    docstring and ``pruning``).
 
     ``x [B, C, H, W]`` are the queries (any float dtype), ``bandwidth`` ``h`` is a float or ``[B]``,
-    ``bank [M, C, H, W]`` any float dtype. ``dist_n`` is the squared Euclidean distance, or with
-    ``squared=False`` the plain distance (the released code's kernel).
+    ``bank [M, C, H, W]`` any float dtype, on ``x``'s device or a ``HostedBank`` (rows fetched on demand).
+    ``dist_n`` is the squared Euclidean distance, or with ``squared=False`` the plain distance (the released
+    code's kernel).
     """
     check_compatible(x, bank)
     batch, count = x.shape[0], bank.shape[0]
     queries = x.reshape(batch, -1).float()
-    items = bank.reshape(count, -1)
-    rows = chunk_rows or max(MIN_CHUNK_ROWS, CHUNK_BYTES // (4 * queries.shape[1]))
-    starts = range(0, count, rows)
-    products = [torch.addmm(norms, queries, items[start:start + rows].float().T, alpha=-2)
-                for start, norms in zip(starts, item_sq_norms(bank).split(rows))]
-    sq = torch.cat(products, 1).add_(queries.square().sum(1, keepdim=True)).clamp_(min=0)
-    score = (sq if squared else sq.sqrt()) * (-0.5 / per_image(bandwidth, batch, x.device).square())[:, None]
-    top = score.amax(1)
-    weights = torch.exp(score - top[:, None])
-    total = weights.sum(1)
-    kept = None
-    if x.device.type == "cpu":  # on a GPU the selection would cost a device sync
-        kept = (score > top[:, None] - NEGLIGIBLE_LOG_WEIGHT).any(0).nonzero().squeeze(1)
-    if kept is not None and kept.numel() * SPARSE_SHARE <= count:
-        weighted = weights[:, kept] @ items.index_select(0, kept).float()
-    else:
-        weighted = torch.zeros_like(queries)
-        for start in starts:
-            weighted.addmm_(weights[:, start:start + rows], items[start:start + rows].float())
-    return KernelPass(weighted / total[:, None], top + total.log(), sq.amin(1))
+    rows = _Rows(bank, x.device)
+    chunk = chunk_rows or max(MIN_CHUNK_ROWS, CHUNK_BYTES // (4 * queries.shape[1]))
+    scale = -0.5 / per_image(bandwidth, batch, x.device).square()
+    tolerance = _tolerance.get()
+    result, wasted = None, 0
+    if tolerance is not None and count >= _min_items.get():
+        index = pruning_index(bank, x.device, chunk_rows)
+        narrowest = float(per_image(bandwidth, batch, x.device).amin())
+        if narrowest < index.failed.get(squared, math.inf):
+            result, wasted = _pruned(queries, rows, index, scale, squared, chunk, tolerance, tuple(x.shape[1:]))
+            if result is None:
+                index.failed[squared] = narrowest
+    if result is None:
+        rows.bytes_read = 0
+        norms = item_sq_norms(rows.storage).to(x.device)
+        mean, log_sum, min_sq = _exact(queries, rows, count, norms, scale, squared, chunk,
+                                       sparse=x.device.type == "cpu" or rows.hosted)
+        zero = torch.zeros_like(log_sum)
+        result = KernelPass(mean, log_sum, min_sq, zero, zero, "full", count, wasted + rows.bytes_read)
+    ledger = _ledger.get()
+    if ledger is not None:
+        ledger.append(KernelRecord(id(rows.storage), count, result.bound, result.kept, result.bytes_read,
+                                   result.certified_error.tolist(), result.denoiser_error.tolist()))
+    return result
 
 
-def bank_tensor(bank, like: torch.Tensor) -> torch.Tensor:
-    """A ``[M, C, H, W]`` tensor as is; a ``LatentBank`` adapted to ``like``'s device and latent size."""
+def bank_tensor(bank, like: torch.Tensor):
+    """A ``[M, C, H, W]`` tensor or ``HostedBank`` as is; a ``LatentBank`` adapted to ``like``'s device and
+    latent size, in its storage dtype."""
     if isinstance(bank, LatentBank):
-        return bank.adapted(device=like.device, dtype=bank.latents.dtype, size=tuple(like.shape[-2:]))
+        return bank.adapted(device=like.device, size=tuple(like.shape[-2:]))
     return bank
 
 

@@ -5,6 +5,12 @@ dtype and latent size, so the bank is *adapted*: moved, cast, and resized. Resiz
 centre-crop": scale uniformly (bilinear, antialiased when shrinking) until the bank covers the target,
 then cut the centre. Uniform scaling keeps shapes undistorted for every aspect ratio; the crop drops only
 borders, where composition matters least. Each adapted view is cached until the bank is edited.
+
+Storage: a view keeps the bank's own half-precision dtype, and a large float32 bank (``LARGE_BANK_BYTES``)
+is stored in float16 (bfloat16 on devices that prefer it, or where values exceed float16's range): the
+kernels widen every chunk to float32, so only the items' own rounding (about 5e-4 relative) differs. A
+bank too large for a device's memory budget stays in CPU memory as a ``HostedBank``, of which the kernel
+fetches only the rows it needs (``LatentBank.hosted``).
 """
 
 from __future__ import annotations
@@ -17,6 +23,47 @@ import torch
 import torch.nn.functional as F
 
 ROLES = ("negation", "reference")
+
+LARGE_BANK_BYTES = 256 << 20
+"""A float32 bank above this many bytes is stored in half precision on every device."""
+
+BF16_DEVICES = ("xla", "hpu")
+"""Device types whose half-precision arithmetic is bfloat16."""
+
+FLOAT16_MAX = 65504.0
+
+
+def storage_dtype(latents: torch.Tensor, device) -> torch.dtype:
+    """The dtype a bank's items are kept in on ``device`` (see the module docstring)."""
+    if latents.dtype in (torch.float16, torch.bfloat16):
+        return latents.dtype
+    if latents.numel() * 4 <= LARGE_BANK_BYTES:
+        return torch.float32
+    largest = max(float(chunk.abs().amax()) for chunk in latents.split(256))
+    if torch.device(device).type in BF16_DEVICES or largest > FLOAT16_MAX:
+        return torch.bfloat16
+    return torch.float16
+
+
+@dataclass(eq=False)
+class HostedBank:
+    """A bank's items ``[M, C, H, W]`` kept in CPU memory for queries on ``device``: the kernel fetches only
+    the rows it scores (the survivors of its pruning bounds, or chunk by chunk for a full pass) and keeps
+    its pruning index on ``device``."""
+
+    items: torch.Tensor
+    device: torch.device
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.items.shape
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.items.dtype
+
+    def nbytes(self) -> int:
+        return self.items.numel() * self.items.element_size()
 
 
 def resize_latents(latents: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -54,6 +101,7 @@ class LatentBank:
     def __post_init__(self):
         self._lock = threading.Lock()
         self._views: dict[tuple, torch.Tensor] = {}
+        self._dtypes: dict[str, torch.dtype] = {}  # storage dtype per device type
         self.version = 0
         self._validate(self.latents)
         if self.role not in ROLES:
@@ -65,7 +113,7 @@ class LatentBank:
                              f"got shape {tuple(latents.shape)}")
         if not latents.is_floating_point():
             raise ValueError(f"bank {self.name!r}: latents must be floating point, got {latents.dtype}")
-        if not torch.isfinite(latents).all():
+        if not all(bool(torch.isfinite(chunk).all()) for chunk in latents.split(256)):  # no bank-sized mask
             raise ValueError(f"bank {self.name!r}: latents contain NaN or Inf")
 
     @property
@@ -86,17 +134,34 @@ class LatentBank:
         with self._lock:
             self.latents = latents
             self._views.clear()
+            self._dtypes.clear()
             self.version += 1
 
-    def adapted(self, *, device, dtype: torch.dtype, size: tuple[int, int]) -> torch.Tensor:
-        """The bank on ``device`` in ``dtype`` at latent ``size`` (cached)."""
-        key = (str(torch.device(device)), dtype, tuple(size))
+    def adapted(self, *, device, size: tuple[int, int], dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The bank on ``device`` in ``dtype`` (``None``: ``storage_dtype``) at latent ``size`` (cached)."""
         with self._lock:
+            dtype = dtype or self._storage_dtype(device)
+            key = (str(torch.device(device)), dtype, tuple(size))
             view = self._views.get(key)
             if view is None:
                 view = resize_latents(self.latents, tuple(size)).to(device=device, dtype=dtype).contiguous()
                 self._views[key] = view
             return view
+
+    def _storage_dtype(self, device) -> torch.dtype:
+        kind = torch.device(device).type
+        if kind not in self._dtypes:
+            self._dtypes[kind] = storage_dtype(self.latents, device)
+        return self._dtypes[kind]
+
+    def hosted(self, *, device, size: tuple[int, int], memory_budget: int | None):
+        """``adapted(device=device, size=size)`` when its bytes fit ``memory_budget`` (``None``: no limit),
+        else a ``HostedBank`` of the view adapted in CPU memory, for queries on ``device``."""
+        with self._lock:
+            dtype = self._storage_dtype(device)
+        if memory_budget is None or self.count * math.prod(size) * self.channels * dtype.itemsize <= memory_budget:
+            return self.adapted(device=device, size=size, dtype=dtype)
+        return HostedBank(self.adapted(device="cpu", size=size, dtype=dtype), torch.device(device))
 
     def release(self) -> None:
         """Free every adapted view (called when a generation ends, so banks leave the GPU)."""

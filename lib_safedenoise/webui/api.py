@@ -2,12 +2,16 @@
 
 ``BankService`` is the one implementation of listing, inspecting, building, importing, exporting, renaming
 and deleting banks, with the rules both front ends obey: enforced banks are never deleted, renamed or
-replaced; encoding takes the WebUI's queue lock (no generation or model swap runs meanwhile); uploads are
-decoded from memory. ``Backend`` is what the service needs from the WebUI, as plain callables
-(``Backend.from_host`` wires them to ``lib_safedenoise.webui.host``), so it runs the same outside the WebUI.
+replaced (checked before the bank is looked up); encoding takes the WebUI's queue lock (no generation or
+model swap runs meanwhile); uploads are decoded from memory; each export is written to its own temporary
+folder, removed when the caller is done with it. ``Backend`` is what the service needs from the WebUI, as
+plain callables (``Backend.from_host`` wires them to ``lib_safedenoise.webui.host``), so it runs the same
+outside the WebUI.
 
 ``register_routes`` adds the HTTP routes under ``ROUTE_PREFIX`` to the WebUI's FastAPI app, with the same
-dependencies (``--api-auth``) as the WebUI's own API routes.
+dependencies (``--api-auth``) as the WebUI's own API routes. On a server reachable from other machines they
+refuse writes (``host.api_writes_allowed``) and downloads of bank contents (``host.api_downloads_allowed``: a
+bank's latents decode back into recognisable images) with a 403 that says how to allow them.
 """
 
 from __future__ import annotations
@@ -21,12 +25,12 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Iterable, List, Optional
+from typing import Any, Callable, ContextManager, Iterable, Iterator, List, Optional
 
 from pydantic import BaseModel, Field
 
 from lib_safedenoise.webui import args, enforcement, keys, server, session
-from lib_safedenoise.banks.store import BankStore
+from lib_safedenoise.banks.store import BankStore, upload_file_name
 from lib_safedenoise.banks.errors import BankError
 from lib_safedenoise.banks.fileformat import BANK_SUFFIX
 from lib_safedenoise.banks.builder import BuildReport, Progress, sanitize_name
@@ -47,6 +51,7 @@ class Backend:
     gpu_lock: Callable[[], ContextManager]
     folder_inputs_allowed: Callable[[], bool]
     api_writes_allowed: Callable[[], bool]
+    api_downloads_allowed: Callable[[], bool]
     last_report: Callable[[], dict]
     mode_names: Callable[[], list[str]]
     default_enabled: Callable[[], bool]
@@ -59,7 +64,8 @@ class Backend:
         return cls(store=server.bank_store, encoder=server.webui_vae_encoder, model_space=host.loaded_latent_space,
                    enforced=server.enforced_bank_names, guard_change=server.guard_bank_change,
                    gpu_lock=host.queue_lock, folder_inputs_allowed=host.folder_inputs_allowed,
-                   api_writes_allowed=host.api_writes_allowed, last_report=session.last_report,
+                   api_writes_allowed=host.api_writes_allowed,
+                   api_downloads_allowed=host.api_downloads_allowed, last_report=session.last_report,
                    mode_names=server.mode_names,
                    default_enabled=lambda: bool(host.opts_value(keys.SETTING_DEFAULT_ENABLED, False)),
                    default_banks=lambda: list(args.parse_bank_list(
@@ -74,7 +80,6 @@ class BankService:
     def __init__(self, backend: Backend):
         self.backend = backend
         self._cancels: set[threading.Event] = set()
-        self._exports: Path | None = None
 
     # ------------------------------------------------------------------ reading
 
@@ -151,14 +156,13 @@ class BankService:
         return len(self._cancels)
 
     def rename(self, old: str, new: str) -> str:
-        store = self._store_with(old)
         self.backend.guard_change(old)
-        return store.rename(old, self._guard_target(new))
+        clean = self._guard_target(new)
+        return self._store_with(old).rename(old, clean)
 
     def delete(self, name: str) -> None:
-        store = self._store_with(name)
         self.backend.guard_change(name)
-        store.delete(name)
+        self._store_with(name).delete(name)
 
     def read_preset(self, path: str | Path) -> Preset:
         """The card of a bank or ``.preset.json`` file; nothing is installed."""
@@ -175,16 +179,15 @@ class BankService:
             self._guard_target(name or Path(path).name)  # sanitize_name drops the .safetensors suffix
         return store.install_preset(path, name=name, overwrite=overwrite)
 
-    def export(self, name: str, *, settings_only: bool = False) -> Path:
-        """Write the bank (or its settings-only preset) to a fresh temporary folder; the previous export's
-        folder is removed."""
+    @contextmanager
+    def exported(self, name: str, *, settings_only: bool = False) -> Iterator[Path]:
+        """The bank (or its settings-only preset) written to a temporary folder of this call's own, which is
+        removed, file and all, when the ``with`` block ends: concurrent exports never share a file, and none
+        outlives its caller."""
         store = self._store_with(name)
-        if self._exports is not None:
-            shutil.rmtree(self._exports, ignore_errors=True)
-        self._exports = Path(tempfile.mkdtemp(prefix="safe-denoiser-export-"))
-        clean = sanitize_name(name)
-        return store.export(name, self._exports / (clean + (PRESET_SUFFIX if settings_only else BANK_SUFFIX)),
-                            settings_only=settings_only)
+        with tempfile.TemporaryDirectory(prefix="safe-denoiser-export-") as folder:
+            file_name = sanitize_name(name) + (PRESET_SUFFIX if settings_only else BANK_SUFFIX)
+            yield store.export(name, Path(folder) / file_name, settings_only=settings_only)
 
 
 def decode_base64(data: str, what: str) -> bytes:
@@ -198,10 +201,13 @@ def decode_base64(data: str, what: str) -> bytes:
 
 @contextmanager
 def uploaded_file(file_name: str, data: bytes):
-    """``data`` as a file named ``file_name`` in a private temporary folder, removed afterwards."""
+    """``data`` as a file named ``file_name`` (its last path part) in a private temporary folder, removed
+    afterwards. A name that names no file (``""``, ``"."``, ``".."``) or cannot be a file name is refused
+    with ``BankNameError`` (``store.upload_file_name``) before anything is written."""
+    base = upload_file_name(file_name)
     folder = Path(tempfile.mkdtemp(prefix="safe-denoiser-upload-"))
     try:
-        path = folder / Path(file_name).name
+        path = folder / base
         path.write_bytes(data)
         yield path
     finally:
@@ -243,18 +249,24 @@ def register_routes(app, service: BankService, dependencies: list) -> None:
     """The bank routes under ``ROUTE_PREFIX``, guarded by ``dependencies`` (the WebUI's API auth)."""
     from fastapi import APIRouter, HTTPException
 
-    def call(operation: Callable[[], Any], *, writes: bool = False) -> Any:
+    def call(operation: Callable[[], Any], *, writes: bool = False, downloads: bool = False) -> Any:
         if writes and not service.backend.api_writes_allowed():
             raise HTTPException(403, "bank changes through the API are disabled on this server: it is reachable "
                                      "from other machines; start it with --api-auth or "
                                      "--enable-insecure-extension-access")
+        if downloads and not service.backend.api_downloads_allowed():
+            raise HTTPException(403, "downloading banks through the API is disabled on this server: it is "
+                                     "reachable from other machines, and a bank's latents decode back into its "
+                                     "images; start it with --api-auth, or turn on \"Let API clients download "
+                                     "banks from a server reachable from other machines\" in Settings -> "
+                                     "Safe Denoiser (settings-only exports stay available)")
         try:
             return operation()
         except enforcement.EnforcementError as error:
             raise HTTPException(403, str(error)) from None
         except BankNotFound as error:
             raise HTTPException(404, str(error)) from None
-        except (BankError, ValueError) as error:
+        except (BankError, ValueError) as error:  # bad input, BankNameError included
             detail: dict[str, Any] = {"error": str(error)}
             report = getattr(error, "report", None)
             if report is not None:
@@ -289,9 +301,9 @@ def register_routes(app, service: BankService, dependencies: list) -> None:
 
     def export_bank(name: str, settings_only: bool = False) -> dict:
         def export() -> dict:
-            path = service.export(name, settings_only=settings_only)
-            return {"filename": path.name, "data": base64.b64encode(path.read_bytes()).decode("ascii")}
-        return call(export)
+            with service.exported(name, settings_only=settings_only) as path:
+                return {"filename": path.name, "data": base64.b64encode(path.read_bytes()).decode("ascii")}
+        return call(export, downloads=not settings_only)
 
     def rename_bank(name: str, request: RenameRequest) -> dict:
         return call(lambda: {"name": service.rename(name, request.new_name)}, writes=True)

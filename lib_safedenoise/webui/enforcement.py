@@ -25,8 +25,9 @@ class EnforcementError(RuntimeError):
 
 
 def merge_enforced_names(cmd_value: Any, setting_value: Any) -> tuple[str, ...]:
-    """Banks imposed on every generation: the launch flag's and the (API-restricted) setting's, merged."""
-    return parse_bank_list(list(parse_bank_list(cmd_value)) + list(parse_bank_list(setting_value)))
+    """Banks imposed on every generation: the launch flag's and the (API-restricted) setting's, merged
+    (each name once, in first-seen order)."""
+    return tuple(dict.fromkeys(parse_bank_list(cmd_value) + parse_bank_list(setting_value)))
 
 
 def enforced_args(names: Sequence[str]) -> GenerationArgs:

@@ -49,28 +49,49 @@ class CfgHooks:
         self._pending = _Capture(session, params.x, params.sigma, denoiser)
 
     def on_cfg_after_cfg(self, params) -> None:
+        """Correct the CFG result in place (``params.x``), under the session's failure policy.
+
+        Whatever goes wrong (any ``Exception``; the WebUI's dispatcher would otherwise log it and sample
+        on uncorrected): a request engine that fails is dropped alone (``GenerationSession.correct``); the
+        enforced one failing, or a failure outside the engines on an enforced session, interrupts the
+        generation and marks the session failed, so ``discard_unprotected_images`` keeps no image of it.
+        The infotext key of every correction that stopped is withdrawn.
+        """
         capture, self._pending = self._pending, None
         if capture is None:
             return
-        denoised = params.x
-        images = denoised.shape[0]
-        # A1111 lays rows out as [cond rows (one per AND sub-prompt)..., uncond rows]; the uncond rows are
-        # the plain per-image latents, so the last `images` rows are x and sigma of each image. Forge hands
-        # the un-batched x, for which the same slice is the whole tensor.
-        x, sigma = capture.x[-images:], capture.sigma[-images:]
         denoiser, session = capture.denoiser, capture.session
         p = denoiser.p
-        first_image = getattr(p, "iteration", 0) * p.batch_size
-        step, steps = sampler_step(denoiser)
+        specs, known_problems = list(session.specs), len(session.problems)
         try:
+            denoised = params.x
+            images = denoised.shape[0]
+            # A1111 lays rows out as [cond rows (one per AND sub-prompt)..., uncond rows]; the uncond rows
+            # are the plain per-image latents, so the last `images` rows are x and sigma of each image.
+            # Forge hands the un-batched x, for which the same slice is the whole tensor.
+            x, sigma = capture.x[-images:], capture.sigma[-images:]
+            first_image = getattr(p, "iteration", 0) * p.batch_size
+            step, steps = sampler_step(denoiser)
             with outside_inference_mode():
                 params.x = session.correct(
                     denoised, x, sigma, eps_alphas=host.eps_alphas_cumprod(denoiser), step=step, steps=steps,
                     pass_name=HIRES_PASS if getattr(p, "is_hr_pass", False) else FIRST_PASS,
                     image_ids=list(range(first_image, first_image + images)))
-        except ValueError as error:  # the engine's clear message (e.g. channel counts differ): stop, once
-            session.stop(str(error))
-            host.log_problem(f"correction stopped for the rest of this generation: {error}")
+        except EnforcementError:  # the session has failed and says why
+            host.abort_generation()
+        except Exception as error:  # outside any one engine (batch layout, step count, host adapter)
+            reason = f"{type(error).__name__}: {error}"
+            if session.enforced:
+                session.fail(f"the enforced correction could not run ({reason}); the generation was stopped "
+                             f"and its images discarded")
+                host.abort_generation()
+            else:
+                session.stop(f"correction stopped for the rest of this generation ({reason})")
+        for problem in session.problems[known_problems:]:
+            host.log_problem(problem)
+        for spec in specs:
+            if all(kept is not spec for kept in session.specs):  # never claim a correction that stopped
+                p.extra_generation_params.pop(spec.infotext_key, None)
 
 
 @contextmanager
@@ -112,28 +133,39 @@ def begin_generation(p, script_args: Sequence[Any]) -> None:
     """``Script.process``: plan the session, write the infotext keys, register the CFG callbacks.
 
     Leftover callbacks of a generation that raised (and so never reached ``postprocess``) go first.
-    A bad request or an unusable bank is reported and the generation runs without it; an enforced bank
-    that cannot be applied stops the generation.
+    A bad request or an unusable bank is reported (``Safe Denoiser error``, with every other problem) and
+    the generation runs without it; on a server with enforced banks, anything that keeps the enforced
+    correction from being planned (any exception) stops the generation before its first image.
     """
     OPEN_SESSIONS.drop_stale()
     if not len(OPEN_SESSIONS):
         host.remove_cfg_callbacks(CFG_HOOKS.on_cfg_denoiser, CFG_HOOKS.on_cfg_after_cfg)
+    problems: list[str] = []
     try:
         request = apply_xyz_overrides(GenerationArgs.from_script_args(script_args), p)
-    except ValueError as error:
-        host.log_problem(str(error))
-        p.extra_generation_params[INFOTEXT_ERROR_KEY] = str(error)
+    except Exception as error:  # the request's own problem: it loses its own correction only
+        problems.append(str(error) if isinstance(error, ValueError) else f"{type(error).__name__}: {error}")
         request = GenerationArgs(enabled=False)
-    enforced = server.enforced_bank_names()
-    if enforced:
-        host.protect_options_from_api(API_PROTECTED_OPTIONS)
-    if not request.enabled and not enforced:
-        return
     try:
-        session = plan_session(request, enforced, server.bank_loader(), server.engine_factory())
-    except EnforcementError as error:
-        host.log_problem(str(error))
-        p.extra_generation_params[INFOTEXT_ERROR_KEY] = str(error)
+        enforced = server.enforced_bank_names()
+        if enforced:
+            host.protect_options_from_api(API_PROTECTED_OPTIONS)
+        if not request.enabled and not enforced:
+            _report_problems(p, problems)
+            return
+        make_engine = server.engine_factory(problems)  # reports the reference banks it leaves out
+        session = plan_session(request, enforced, server.bank_loader(), make_engine, problems)
+    except Exception as error:
+        if isinstance(error, EnforcementError):
+            problems.append(str(error))
+        elif not server_may_enforce():
+            problems.append(f"Safe Denoiser not applied ({type(error).__name__}: {error})")
+            _report_problems(p, problems)
+            return
+        else:
+            problems.append(f"the enforced correction cannot be planned ({type(error).__name__}: {error}); "
+                            "generation stopped")
+        _report_problems(p, problems)
         host.abort_generation()
         return
     for problem in session.problems:
@@ -142,6 +174,33 @@ def begin_generation(p, script_args: Sequence[Any]) -> None:
     if session.active:
         OPEN_SESSIONS.begin(p, session)
         host.register_cfg_callbacks(CFG_HOOKS.on_cfg_denoiser, CFG_HOOKS.on_cfg_after_cfg)
+
+
+def server_may_enforce() -> bool:
+    """Whether this server enforces banks; True when that cannot be read (so a failure there fails closed)."""
+    try:
+        return bool(server.enforced_bank_names())
+    except Exception:
+        return True
+
+
+def _report_problems(p, problems: Sequence[str]) -> None:
+    for problem in problems:
+        host.log_problem(problem)
+    if problems:
+        p.extra_generation_params[INFOTEXT_ERROR_KEY] = " / ".join(problems)
+
+
+def discard_unprotected_images(p, pp) -> None:
+    """``Script.postprocess_batch_list``: a generation whose enforced correction failed keeps no image.
+
+    The WebUI answers an interrupt by decoding the sampler's last latent anyway (modules/sd_samplers_common.py
+    ``launch_sampling``), so stopping the sampling alone would still yield an image; ``pp.images`` is the
+    batch's list of images that ``process_images_inner`` goes on to save and return.
+    """
+    session = getattr(p, SESSION_ATTR, None)
+    if session is not None and session.failed:
+        pp.images.clear()
 
 
 def end_generation(p) -> None:

@@ -134,6 +134,16 @@ def default_bank_dir() -> str:
 
 # --------------------------------------------------------------------------- model
 
+# The family flags ``sd_models.set_model_type`` sets, first match wins: flag -> (family, latent space).
+MODEL_FAMILY_FLAGS = (("is_sd3", "sd3", "sd3"), ("is_ssd", "ssd", "sdxl"), ("is_sdxl", "sdxl", "sdxl"),
+                      ("is_sd2", "sd2", "sd1"), ("is_sd1", "sd1", "sd1"))
+
+
+def _flagged_family(sd_model) -> tuple[str, str] | None:
+    return next(((family, space) for flag, family, space in MODEL_FAMILY_FLAGS if getattr(sd_model, flag, False)),
+                None)
+
+
 def model_latent_space(sd_model=None) -> str:
     """The latent-space id (``lib_safedenoise.banks.spaces.LATENT_SPACES``) of the loaded model.
 
@@ -147,12 +157,9 @@ def model_latent_space(sd_model=None) -> str:
     explicit = getattr(sd_model, "latent_space", None)
     if isinstance(explicit, str) and explicit:
         return explicit
-    if getattr(sd_model, "is_sd3", False):
-        return "sd3"
-    if getattr(sd_model, "is_sdxl", False) or getattr(sd_model, "is_ssd", False):
-        return "sdxl"
-    if getattr(sd_model, "is_sd1", False) or getattr(sd_model, "is_sd2", False):
-        return "sd1"
+    flagged = _flagged_family(sd_model)
+    if flagged is not None:
+        return flagged[1]
     # Forge sets no family flag for Flux (backend/diffusion_engine/flux.py); its VAE has 16 channels
     return {4: "sd1", 16: "flux"}.get(model_latent_channels(sd_model), "unknown")
 
@@ -212,13 +219,6 @@ def remove_cfg_callbacks(*callbacks: Callable) -> None:
         script_callbacks.remove_callbacks_for_function(callback)
 
 
-def registered_callback_count(callback: Callable) -> int:
-    from modules import script_callbacks
-
-    return sum(entry.callback == callback for entries in script_callbacks.callback_map.values()
-               for entry in entries)
-
-
 # --------------------------------------------------------------------------- XYZ plot
 
 def register_xyz_axes(axes) -> None:
@@ -261,6 +261,16 @@ def api_writes_allowed() -> bool:
     return not cmd_opt("disable_extension_access", False) or bool(cmd_opt("api_auth", None))
 
 
+def api_downloads_allowed() -> bool:
+    """Whether API clients may download bank contents (a bank's latents decode back into recognisable
+    images). The rule follows the one for writes: yes when only this machine reaches the server, or when the
+    API asks for a password (``--api-auth``); on a server reachable from other machines without one, only if
+    the operator turned on the (API-restricted) setting ``SETTING_EXPOSED_API_DOWNLOADS``."""
+    from lib_safedenoise.webui.keys import SETTING_EXPOSED_API_DOWNLOADS
+
+    return api_writes_allowed() or bool(opts_value(SETTING_EXPOSED_API_DOWNLOADS, False))
+
+
 def queue_lock():
     """The lock every generation and model swap runs under (modules/call_queue.py)."""
     from modules import call_queue
@@ -269,14 +279,36 @@ def queue_lock():
 
 
 def loaded_model():
-    """The loaded checkpoint, or None. Never loads one: ``shared.sd_model`` is a property that would."""
-    try:
-        from modules import sd_models
-    except ImportError:  # the host stub keeps the model in shared.sd_model
-        from modules import shared
+    """The loaded checkpoint, or None. Never loads one: ``shared.sd_model`` is a property that would.
 
-        return shared.sd_model
-    return sd_models.model_data.sd_model
+    Forge loads the checkpoint lazily, on the first generation; until then ``model_data.sd_model`` holds a
+    ``FakeInitialModel`` placeholder without a VAE (modules/sd_models.py), which counts as none here.
+    """
+    from modules import sd_models
+
+    model = sd_models.model_data.sd_model
+    placeholder = getattr(sd_models, "FakeInitialModel", None)
+    return None if placeholder is not None and isinstance(model, placeholder) else model
+
+
+def ready_model():
+    """The checkpoint a generation would use now, loaded the way the WebUI loads it for a generation, or
+    None when there is none to load. Call it under ``queue_lock``, as generations do.
+
+    Forge: ``sd_models.forge_model_reload()``, which ``processing.manage_model_and_prompt_cache`` calls at the
+    start of every generation, loads the selected checkpoint if it is not loaded yet (or another one was
+    selected since) and raises ``ValueError`` when there is no checkpoint at all. A1111 and reForge load the
+    checkpoint at start-up and on every change of the selection, so the loaded one is the one to use.
+    """
+    if host_kind() == FORGE:
+        from modules import sd_models
+
+        try:
+            sd_models.forge_model_reload()
+        except ValueError as error:  # "You do not have any model!": no checkpoint file to load
+            log_problem(str(error))
+            return None
+    return loaded_model()
 
 
 def loaded_latent_space() -> str | None:
@@ -285,11 +317,9 @@ def loaded_latent_space() -> str | None:
 
 
 def model_family(sd_model) -> str:
-    for flag, family in (("is_sd3", "sd3"), ("is_ssd", "ssd"), ("is_sdxl", "sdxl"), ("is_sd2", "sd2"),
-                         ("is_sd1", "sd1")):
-        if getattr(sd_model, flag, False):
-            return family
-    return model_latent_space(sd_model)
+    """The model family (``sd1``, ``sd2``, ``sdxl``, ``ssd``, ``sd3``) from its flags, else its latent space."""
+    flagged = _flagged_family(sd_model)
+    return flagged[0] if flagged is not None else model_latent_space(sd_model)
 
 
 class WebuiVaeEncoder:

@@ -9,9 +9,9 @@ from typing import Any, Sequence
 from lib_safedenoise import ENGINE_VERSION
 from lib_safedenoise.core.latent_bank import LatentBank
 from lib_safedenoise.webui import host
-from lib_safedenoise.webui.args import ARG_NAMES, GenerationArgs, parse_window
+from lib_safedenoise.webui.args import ARG_NAMES, SETTINGS, GenerationArgs, parse_window
 from lib_safedenoise.webui.session import GenerationSession
-from lib_safedenoise.webui.keys import (FIRST_PASS, INFOTEXT_ENFORCED_KEY, INFOTEXT_ERROR_KEY, INFOTEXT_FIRED_KEY,
+from lib_safedenoise.webui.keys import (FIRST_PASS, INFOTEXT_ERROR_KEY, INFOTEXT_FIRED_KEY,
                                         INFOTEXT_KEY)
 
 
@@ -28,7 +28,7 @@ def format_infotext(args: GenerationArgs, banks: Sequence[LatentBank], mode_name
 
     e.g. ``banks=nsfw@1a2b3c4d5e6f*1|cats@0f0e0d0c0b0a*0.5; mode=paper; engine=0.1.0; window=0-0.25;
     bandwidth=auto; threshold=auto``. Fields are ``;``-separated ``name=value`` pairs so a future field is
-    ignored by an older reader; bank names never contain ``| @ * ; =`` (``builder.sanitize_name``).
+    ignored by an older reader; bank names never contain ``, | @ * ; =`` (``builder.sanitize_name``).
     """
     bank_text = "|".join(f"{bank.name}@{bank.short_hash or '-'}*{format_number(args.strength_of(i))}"
                          for i, bank in enumerate(banks))
@@ -60,7 +60,12 @@ class PastedSettings:
 
 
 def parse_infotext(value: str) -> PastedSettings:
-    """Inverse of ``format_infotext``; raises ``ValueError`` on a malformed value."""
+    """Inverse of ``format_infotext``; raises ``ValueError`` on a malformed value.
+
+    Each ``name=value`` field becomes the ``GenerationArgs`` fields it records (``args.setting``'s
+    ``infotext`` key), parsed once by their own parsers as the args are built: ``banks`` gives the banks and
+    their strengths, ``window`` both window fields, and a field written as ``auto`` takes its default.
+    """
     fields_ = {}
     for part in value.split(";"):
         if not part.strip():
@@ -73,32 +78,45 @@ def parse_infotext(value: str) -> PastedSettings:
     for entry in filter(None, fields_.get("banks", "").split("|")):
         name_hash, _, strength = entry.rpartition("*")
         name, _, short_hash = name_hash.rpartition("@")
-        if not name:
+        if not name or "," in name:  # no bank name holds a comma (builder.sanitize_name)
             raise ValueError(f"Safe Denoiser infotext: bad bank entry {entry!r} (want name@hash*strength)")
         banks.append(name)
-        strengths.append(float(strength))
+        strengths.append(strength)
         if short_hash != "-":
             hashes[name] = short_hash
-    defaults = GenerationArgs()
-    window_start, window_end = parse_window(fields_.get("window", f"{defaults.window_start:g}-{defaults.window_end:g}"))
-    auto = lambda text, default: default if text in ("auto", "") else float(text)  # noqa: E731
-    args = GenerationArgs(
-        enabled=True, banks=tuple(banks), strengths=tuple(strengths), mode=fields_.get("mode", "default"),
-        bandwidth=auto(fields_.get("bandwidth", "auto"), 0.0), window_start=window_start,
-        window_end=window_end, threshold=auto(fields_.get("threshold", "auto"), -1.0))
-    GenerationArgs.from_script_args(args.to_script_args())  # same validation as a request
-    return PastedSettings(args, hashes, fields_.get("engine", ""))
+    values = {"enabled": True, "banks": tuple(banks), "strengths": tuple(strengths)}
+    if "window" in fields_:
+        values["window_start"], values["window_end"] = parse_window(fields_["window"])
+    for name, spec in SETTINGS.items():  # the fields recorded under their own name, as written
+        written = fields_.get(name, "auto")
+        if name not in values and spec.metadata["infotext"] == name and written not in ("auto", ""):
+            values[name] = written
+    return PastedSettings(GenerationArgs(**values), hashes, fields_.get("engine", ""))
+
+
+_last_paste: tuple[dict, str, GenerationArgs | None] | None = None
 
 
 def pasted_args(params: dict) -> GenerationArgs | None:
-    """The args a parsed infotext restores: off when our key is absent, None when its value is unreadable."""
+    """The args a parsed infotext restores: off when our key is absent, None when its value is unreadable.
+
+    Paste, PNG Info and the API's ``infotext`` call every field's reader with the same ``params`` dict, so
+    the value is parsed (and an unreadable one reported) once per ``params`` and shared by the readers.
+    """
+    global _last_paste
     if INFOTEXT_KEY not in params:
         return GenerationArgs(enabled=False)
+    value = params[INFOTEXT_KEY]
+    last = _last_paste
+    if last is not None and last[0] is params and last[1] == value:
+        return last[2]
     try:
-        return parse_infotext(params[INFOTEXT_KEY]).args
+        args = parse_infotext(value).args
     except ValueError as error:
         host.log_problem(f"cannot restore settings from infotext: {error}")
-        return None
+        args = None
+    _last_paste = (params, value, args)
+    return args
 
 
 class InfotextReader(str):
@@ -144,8 +162,7 @@ def infotext_values(session: GenerationSession) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for index, spec in enumerate(session.specs):
         engine = session.engine(index, FIRST_PASS)
-        key = INFOTEXT_ENFORCED_KEY if spec.enforced else INFOTEXT_KEY
-        values[key] = format_infotext(spec.args, [n.bank for n in spec.negations], engine.mode_name,
+        values[spec.infotext_key] = format_infotext(spec.args, [n.bank for n in spec.negations], engine.mode_name,
                                       getattr(engine, "reference", None))
     values[INFOTEXT_ERROR_KEY] = lambda **_: " / ".join(session.problems) or None  # grows while sampling
     if session.active:

@@ -2,6 +2,7 @@
 launch flag, infotext keys and the attributes it sets on a generation's ``p``."""
 
 SCRIPT_TITLE = "Safe Denoiser"
+TAB_TITLE = "Safe Denoiser"
 
 # Settings (``shared.opts`` keys); the UI helper registers them in on_ui_settings.
 SETTING_BANK_DIR = "safe_denoiser_bank_dir"
@@ -9,6 +10,7 @@ SETTING_DEFAULT_ENABLED = "safe_denoiser_default_enabled"
 SETTING_DEFAULT_BANKS = "safe_denoiser_default_banks"
 SETTING_ENFORCED_BANKS = "safe_denoiser_enforced_banks"
 SETTING_HIDE_PREVIEWS = "safe_denoiser_hide_previews_when_enforced"
+SETTING_EXPOSED_API_DOWNLOADS = "safe_denoiser_exposed_api_downloads"
 
 # The launch flag ``--safe-denoiser-enforce BANK[,BANK]`` (registered by the repository's preload.py, which
 # the WebUI loads by path before this package is importable) lands in ``cmd_opts`` under this name.

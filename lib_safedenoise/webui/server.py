@@ -44,23 +44,54 @@ def bank_loader() -> Callable[[str], Any]:
     return lambda name: store.load(name, space_id=space)
 
 
-def reference_bank():
+def reference_bank(problems: list[str] | None = None) -> LatentBank | None:
     """The ordinary images the default mode contrasts against: every bank of role ``reference`` in the
-    bank folder that fits the loaded model, joined at the first one's latent size; None when there is none."""
-    store, space = bank_store(), host.model_latent_space()
-    banks = [store.load(entry.name, space_id=space) for entry in store.list(space_id=space)
-             if entry.meta is not None and entry.meta.role == "reference" and entry.compatible]
+    bank folder that fits the loaded model, joined at the first one's latent size; None when there is none.
+
+    A reference bank is optional to every correction, so one that cannot be used (unreadable, damaged,
+    non-finite latents, channel-normalised, or the folder itself unreadable) never raises: it is left out
+    and the reason added to ``problems``. The join is cached by the parts' content hashes, so a bank
+    folder whose reference banks have not changed is not joined again for each generation.
+    """
+    problems = [] if problems is None else problems
+    try:
+        store, space = bank_store(), host.model_latent_space()
+        entries = [entry for entry in store.list(space_id=space)
+                   if entry.meta is not None and entry.meta.role == "reference" and entry.compatible]
+    except Exception as error:  # the folder itself (e.g. removed, no permission): no reference bank
+        problems.append(f"reference banks not read ({type(error).__name__}: {error}); corrections run without one")
+        return None
+    banks = []
+    for entry in entries:
+        try:
+            bank = store.load(entry.name, space_id=space)
+            if bank.channel_normalized:
+                raise ValueError("it holds channel-normalised latents (the released code's cache format), "
+                                 "which the reference modes' kernels cannot use")
+        except Exception as error:  # unreadable, damaged, NaN/Inf: BankError, ValueError, OSError, ...
+            problems.append(f"reference bank {entry.name!r} skipped: {error}")
+            continue
+        banks.append(bank)
     if len(banks) < 2:
         return banks[0] if banks else None
-    size = banks[0].size
-    return LatentBank("+".join(bank.name for bank in banks), role="reference", latent_space=space,
-                      latents=torch.cat([resize_latents(bank.latents, size) for bank in banks]),
-                      metadata={"parts": [(bank.name, bank.short_hash) for bank in banks]})
+    key = (space, tuple((bank.name, bank.metadata.get("hash_sha256") or bank.short_hash) for bank in banks))
+    if key not in _joined_references:
+        size = banks[0].size
+        _joined_references.clear()  # only the current join is worth keeping
+        _joined_references[key] = LatentBank(
+            "+".join(bank.name for bank in banks), role="reference", latent_space=space,
+            latents=torch.cat([resize_latents(bank.latents, size) for bank in banks]),
+            metadata={"parts": [(bank.name, bank.short_hash) for bank in banks]})
+    return _joined_references[key]
 
 
-def engine_factory() -> Callable[..., Any]:
-    """``SafeDenoiser`` with this server's reference bank handed to the modes that contrast against one."""
-    reference = reference_bank()
+_joined_references: dict[tuple, LatentBank] = {}
+
+
+def engine_factory(problems: list[str] | None = None) -> Callable[..., Any]:
+    """``SafeDenoiser`` with this server's reference bank handed to the modes that contrast against one;
+    reference banks left out are reported in ``problems`` (see ``reference_bank``)."""
+    reference = reference_bank(problems)
 
     def make(negations, *, mode: str = "default", **settings):
         return SafeDenoiser(negations, mode=mode, reference=reference if takes_reference(mode) else None,
@@ -79,16 +110,27 @@ def enforced_bank_names() -> tuple[str, ...]:
 
 
 def guard_bank_change(name: str) -> None:
-    """Raise ``EnforcementError`` if bank ``name`` is enforced (it may not be deleted, renamed or replaced)."""
-    enforced = {sanitize_name(n) for n in enforced_bank_names()}
-    if sanitize_name(name) in enforced:
+    """Raise ``EnforcementError`` if bank ``name`` is enforced (it may not be deleted, renamed or replaced).
+
+    Names are compared case-folded, whatever this server's file system does: on a case-insensitive one
+    ``GUARDED`` opens the file of the enforced ``guarded``. Callers check this before looking the bank up, so
+    an enforced name is refused whether or not its file exists.
+    """
+    def file_key(bank: str) -> str:  # a name that does not sanitise is compared as given
+        try:
+            return sanitize_name(bank).casefold()
+        except BankError:
+            return str(bank).strip().casefold()
+
+    if file_key(name) in {file_key(n) for n in enforced_bank_names()}:
         raise EnforcementError(f"bank {name!r} is enforced on this server and cannot be deleted, "
                                          "renamed or replaced")
 
 
 def webui_vae_encoder():
-    """An encoder for the loaded model; raises ``BankError`` when no model is loaded."""
-    model = host.loaded_model()
+    """An encoder for the model a generation would use now (``host.ready_model``: on Forge, which loads the
+    checkpoint lazily, this loads it); raises ``BankError`` when there is none. Call under the queue lock."""
+    model = host.ready_model()
     if model is None:
         raise BankError("no checkpoint is loaded: load one (top of the page) to encode images with its VAE")
     return host.WebuiVaeEncoder(model)

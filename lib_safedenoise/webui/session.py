@@ -13,7 +13,8 @@ from lib_safedenoise import ENGINE_VERSION
 from lib_safedenoise.core.latent_bank import LatentBank
 from lib_safedenoise.webui.args import GenerationArgs
 from lib_safedenoise.webui.enforcement import EnforcementError, enforced_args, load_enforced
-from lib_safedenoise.webui.keys import FIRST_PASS, HIRES_PASS, SESSION_ATTR
+from lib_safedenoise.webui.keys import (FIRST_PASS, HIRES_PASS, INFOTEXT_ENFORCED_KEY, INFOTEXT_KEY,
+                                        SESSION_ATTR)
 
 
 def format_steps(steps: Sequence[int]) -> str:
@@ -55,11 +56,30 @@ class EngineSpec:
     negations: list[Negation]
     enforced: bool = False
 
+    @property
+    def infotext_key(self) -> str:
+        return INFOTEXT_ENFORCED_KEY if self.enforced else INFOTEXT_KEY
+
+    def describe(self) -> str:
+        banks = ", ".join(n.bank.name for n in self.negations)
+        return f"the enforced correction (banks {banks})" if self.enforced else f"the correction of bank(s) {banks}"
+
+
+def build_engine(engine_factory: Callable[..., Any], spec: EngineSpec):
+    """The engine of ``spec``: its banks and strengths, mode, bandwidth, window and threshold (the args'
+    0 bandwidth and negative threshold mean the mode's own)."""
+    args = spec.args
+    return engine_factory(negations=[(n.bank, n.strength) for n in spec.negations], mode=args.mode,
+                          bandwidth=args.bandwidth if args.bandwidth > 0 else None,
+                          window=(args.window_start, args.window_end),
+                          threshold=args.threshold if args.threshold >= 0 else None)
+
 
 @dataclass
-class StepRecord:
-    """One model call of one image: the pass, the 1-based sampler step, whether any engine fired, and
-    the gate signal beta summed over the engines (None outside every window)."""
+class GenerationStep:
+    """One model call of one image in a generation, over every engine (an engine's own per-step record is
+    ``core.engine.StepRecord``): the pass, the 1-based sampler step, whether any engine fired, and the gate
+    signal beta summed over the engines (None outside every window)."""
 
     pass_name: str
     step: int
@@ -68,36 +88,60 @@ class StepRecord:
 
 
 class GenerationSession:
-    """The engines of one generation (one per spec and sampling pass) and the per-image record."""
+    """The engines of one generation (one per spec and sampling pass) and the per-image record.
 
-    def __init__(self, specs: list[EngineSpec], problems: list[str], engine_factory: Callable[..., Any]):
+    Failure policy (``correct``): an engine of the request that raises (any ``Exception``) or returns a
+    non-finite result is dropped for the rest of the generation, alone, and the step goes on with the
+    other engines; the enforced engine failing stops every correction, sets ``failed`` and raises
+    ``EnforcementError``: the caller must then stop the generation and discard its images.
+    ``first_pass_engines`` (spec index -> engine) are engines already built for the first pass (by
+    ``plan_session``, which builds each one once); the others are built on first use.
+    """
+
+    def __init__(self, specs: list[EngineSpec], problems: list[str], engine_factory: Callable[..., Any],
+                 first_pass_engines: dict[int, Any] | None = None):
+        self._engines: dict[tuple[int, str], Any] = {  # keyed by id(spec): specs may be dropped
+            (id(specs[index]), FIRST_PASS): engine for index, engine in (first_pass_engines or {}).items()}
         self.specs = [spec for spec in specs if spec.negations]
         self.problems = list(problems)
+        self.failed: str | None = None  # why the enforced correction could not run, if it could not
         self._engine_factory = engine_factory
-        self._engines: dict[tuple[int, str], Any] = {}
-        self.records: dict[int, list[StepRecord]] = {}
+        self.records: dict[int, list[GenerationStep]] = {}
         self.predictions: dict[str, str] = {}  # pass -> what the WebUI handed over: "x0" or "eps"
 
     @property
     def active(self) -> bool:
         return bool(self.specs)
 
+    @property
+    def enforced(self) -> bool:
+        return any(spec.enforced for spec in self.specs)
+
+    def drop(self, spec: EngineSpec, problem: str) -> None:
+        """Stop one request correction for the rest of the generation (the others go on) and say why."""
+        self.problems.append(problem)
+        self.specs = [s for s in self.specs if s is not spec]
+        for key in [key for key in self._engines if key[0] == id(spec)]:
+            self._engines.pop(key).release()
+
+    def fail(self, problem: str) -> None:
+        """The enforced correction cannot run: no correction runs any more and the images must be discarded."""
+        self.failed = problem
+        self.stop(problem)
+
     def stop(self, problem: str) -> None:
-        """Give up correcting (the generation goes on uncorrected) and say why in the report."""
+        """Give up every correction and say why in the report (on an enforced session, use ``fail``)."""
         self.problems.append(problem)
         self.release()
         self.specs = []
 
     def engine(self, spec_index: int, pass_name: str):
-        key = (spec_index, pass_name)
+        return self._engine_of(self.specs[spec_index], pass_name)
+
+    def _engine_of(self, spec: EngineSpec, pass_name: str):
+        key = (id(spec), pass_name)
         if key not in self._engines:
-            spec = self.specs[spec_index]
-            args = spec.args
-            self._engines[key] = self._engine_factory(
-                negations=[(n.bank, n.strength) for n in spec.negations], mode=args.mode,
-                bandwidth=args.bandwidth if args.bandwidth > 0 else None,
-                window=(args.window_start, args.window_end),
-                threshold=args.threshold if args.threshold >= 0 else None)
+            self._engines[key] = build_engine(self._engine_factory, spec)
         return self._engines[key]
 
     def mode_names(self) -> list[str]:
@@ -107,20 +151,39 @@ class GenerationSession:
                 step: int, steps: int, pass_name: str, image_ids: list[int]) -> torch.Tensor:
         """Run every engine on one CFG result (x0, or eps when ``eps_alphas`` is given) and record it.
 
-        ``step`` is the 0-based sampler step of ``steps`` run in this pass.
+        ``step`` is the 0-based sampler step of ``steps`` run in this pass. Request engines run first, the
+        enforced one last (it gets the last word); see the class docstring for what a failure does.
         """
-        engines = [self.engine(spec_index, pass_name) for spec_index in range(len(self.specs))]
         self.predictions[pass_name] = "x0" if eps_alphas is None else "eps"
-        for engine in engines:
-            if eps_alphas is None:
-                denoised = engine.correct_x0(denoised, x, sigma, step, steps, image_ids=image_ids)
-            else:
-                denoised = engine.correct_eps(denoised, x, sigma, eps_alphas, step, steps, image_ids=image_ids)
+        engines = []
+        for spec in list(self.specs):
+            try:
+                engine = self._engine_of(spec, pass_name)
+                if eps_alphas is None:
+                    corrected = engine.correct_x0(denoised, x, sigma, step, steps, image_ids=image_ids)
+                else:
+                    corrected = engine.correct_eps(denoised, x, sigma, eps_alphas, step, steps,
+                                                   image_ids=image_ids)
+                if corrected.shape != denoised.shape or not torch.isfinite(corrected).all():
+                    raise ValueError(f"its result is not a finite tensor of shape {tuple(denoised.shape)}")
+            except Exception as error:  # whatever the type: the policy below decides, not the exception
+                where = f"{'hires pass ' if pass_name == HIRES_PASS else ''}step {step + 1}"
+                reason = f"{type(error).__name__}: {error}"
+                if spec.enforced:
+                    problem = (f"{spec.describe()} failed at {where} ({reason}); the generation was stopped "
+                               f"and its images discarded")
+                    self.fail(problem)
+                    raise EnforcementError(problem) from error
+                self.drop(spec, f"{spec.describe()} stopped at {where} for the rest of this generation "
+                                f"({reason})")
+                continue
+            denoised = corrected
+            engines.append(engine)
         for image_id in image_ids:
             records = [r for r in (latest_record(engine.report, image_id, step) for engine in engines)
                        if r is not None]
             betas = [r["beta"] for r in records if r["beta"] is not None]
-            self.records.setdefault(image_id, []).append(StepRecord(
+            self.records.setdefault(image_id, []).append(GenerationStep(
                 pass_name, step + 1, any(r["fired"] for r in records), sum(betas) if betas else None))
         return denoised
 
@@ -139,9 +202,12 @@ class GenerationSession:
         return ", ".join(parts)
 
     def report(self) -> dict:
-        """JSON-serialisable per-image report for the API response and the status line."""
+        """JSON-serialisable per-image report for the API response and the status line: the corrections
+        that ran to the end (a dropped one is only named in ``problems``), and ``failed``, why the enforced
+        correction could not run (then no image was kept), or None."""
         return {
             "engine": ENGINE_VERSION,
+            "failed": self.failed,
             "corrections": [
                 {"enforced": spec.enforced, "mode": mode_name,
                  "window": [spec.args.window_start, spec.args.window_end],
@@ -178,15 +244,18 @@ def latest_record(report: Any, image_id: int, step: int) -> dict | None:
 
 
 def plan_session(args: GenerationArgs, enforced: Sequence[str], load_bank: Callable[[str], LatentBank],
-                 engine_factory: Callable[..., Any]) -> GenerationSession:
+                 engine_factory: Callable[..., Any], problems: Sequence[str] = ()) -> GenerationSession:
     """The session for a request: the request's own banks, then the enforced ones (which get the last word).
 
-    A request bank that cannot be used (missing, damaged, another latent space, a bad mode) is reported
-    and skipped, and the generation goes on; an enforced bank that cannot be used raises
-    ``EnforcementError`` so the caller stops the generation instead of running it unprotected.
+    Each spec's first-pass engine is built here, once, and handed to the session. A request bank or
+    engine that cannot be used (missing, damaged, another latent space, a bad mode or setting: any
+    exception) is reported and skipped, and the generation goes on; an enforced bank or engine that cannot
+    be used raises ``EnforcementError`` so the caller stops the generation instead of running it
+    unprotected. ``problems``: what was already found wrong (a bad request argument), reported first.
     """
-    problems: list[str] = []
+    problems = list(problems)
     specs: list[EngineSpec] = []
+    engines: dict[int, Any] = {}
     if args.enabled and args.banks:
         negations = []
         for i, name in enumerate(args.banks):
@@ -197,21 +266,22 @@ def plan_session(args: GenerationArgs, enforced: Sequence[str], load_bank: Calla
         kept = replace(args, banks=tuple(n.bank.name for n in negations),
                        strengths=tuple(n.strength for n in negations))
         if negations:
+            spec = EngineSpec(kept, negations)
             try:
-                engine_factory(negations=[(n.bank, n.strength) for n in negations], mode=kept.mode)
-                specs.append(EngineSpec(kept, negations))
-            except ValueError as error:
+                engines[len(specs)] = build_engine(engine_factory, spec)
+                specs.append(spec)
+            except Exception as error:
                 problems.append(str(error))
     if enforced:
         rules = enforced_args(enforced)
         try:
-            negations = [Negation(load_enforced(name, load_bank, problems), rules.strength_of(i))
-                         for i, name in enumerate(enforced)]
-            engine_factory(negations=[(n.bank, n.strength) for n in negations], mode=rules.mode)
+            spec = EngineSpec(rules, [Negation(load_enforced(name, load_bank, problems), rules.strength_of(i))
+                                      for i, name in enumerate(enforced)], enforced=True)
+            engines[len(specs)] = build_engine(engine_factory, spec)
         except Exception as error:
             raise EnforcementError(f"enforced bank cannot be applied, generation stopped: {error}") from error
-        specs.append(EngineSpec(rules, negations, enforced=True))
-    return GenerationSession(specs, problems, engine_factory)
+        specs.append(spec)
+    return GenerationSession(specs, problems, engine_factory, first_pass_engines=engines)
 
 
 class OpenSessions:

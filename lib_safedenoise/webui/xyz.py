@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
-from lib_safedenoise.webui.args import GenerationArgs, parse_bank_list, parse_window
+from lib_safedenoise.webui.args import GenerationArgs, parse_window
 
 
 @dataclass(frozen=True)
@@ -28,18 +28,17 @@ def xyz_axes(mode_names: Callable[[], list[str]], bank_names: Callable[[], list[
 
 
 def apply_xyz_overrides(args: GenerationArgs, p: Any) -> GenerationArgs:
-    """Args with the XYZ-plot cell's values (``p.safe_denoiser_*``) in place of the accordion's."""
+    """Args with the XYZ-plot cell's values (``p.safe_denoiser_*``) in place of the accordion's.
+
+    Each cell value is parsed once, by the field's own parser as ``GenerationArgs`` is rebuilt with it
+    (a Strength cell is one number for every bank; a Bank cell may name several, comma-separated); a
+    bad cell is a ``ValueError`` naming the field.
+    """
     changes: dict[str, Any] = {}
-    if (strength := getattr(p, "safe_denoiser_strength", None)) is not None:
-        changes["strengths"] = (float(strength),)
-    if (mode := getattr(p, "safe_denoiser_mode", None)) is not None:
-        changes["mode"] = str(mode)
-    if (bandwidth := getattr(p, "safe_denoiser_bandwidth", None)) is not None:
-        changes["bandwidth"] = float(bandwidth)
+    for name, attribute in (("strengths", "safe_denoiser_strength"), ("mode", "safe_denoiser_mode"),
+                            ("bandwidth", "safe_denoiser_bandwidth"), ("banks", "safe_denoiser_bank")):
+        if (value := getattr(p, attribute, None)) is not None:
+            changes[name] = value
     if (window := getattr(p, "safe_denoiser_window", None)) is not None:
         changes["window_start"], changes["window_end"] = parse_window(str(window))
-    if (bank := getattr(p, "safe_denoiser_bank", None)) is not None:
-        changes["banks"] = parse_bank_list(bank)
-    if not changes:
-        return args
-    return GenerationArgs.from_script_args(replace(args, **changes).to_script_args())
+    return replace(args, **changes) if changes else args

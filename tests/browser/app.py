@@ -16,7 +16,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from lib_safedenoise.webui import session, ui
+from lib_safedenoise.webui import accordion, keys, session, tab
 from lib_safedenoise.webui.args import GenerationArgs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,17 +54,17 @@ def fake_generation(report: dict):
 
 
 def build_page(backend, report: dict) -> gr.Blocks:
-    tab = ui.build_tab(backend)
+    tab_blocks = tab.build_tab(backend)
     with gr.Blocks(title="Safe Denoiser test page", analytics_enabled=False) as page:
         with gr.Tabs(elem_id="tabs"):
             with gr.Tab("txt2img", elem_id="tab_txt2img"):
                 prompt = gr.Textbox("a photo of a cat", label="Prompt", elem_id="txt2img_prompt")
-                controls = ui.build_accordion(False, backend)
+                controls = accordion.build_accordion(False, backend)
                 generate = gr.Button("Generate", variant="primary", elem_id="txt2img_generate")
                 received = gr.Textbox(label="Script arguments received", elem_id="txt2img_script_args")
                 html_info = gr.HTML(elem_id="html_info_txt2img")
-            with gr.Tab(ui.TAB_TITLE, elem_id="tab_safe_denoiser_tab"):
-                tab.render()
+            with gr.Tab(keys.TAB_TITLE, elem_id="tab_safe_denoiser_tab"):
+                tab_blocks.render()
         generate.click(fake_generation(report), inputs=[prompt, *controls.components], outputs=[received, html_info])
     return page
 

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
+from lib_safedenoise.banks import fileformat
 from tests.browser import ui_session
 from tests.images import write_broken, write_photos
 
@@ -21,7 +24,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
-TIMEOUT_MS = 20_000
+TIMEOUT_MS = 60_000  # a first run on a busy 2-core CI machine is slow; passing runs never wait this long
 
 if not CHROMIUM.exists() or shutil.which(str(CHROMIUM)) is None:
     pytest.skip("Debian's chromium is not installed at /usr/bin/chromium (apt-get install chromium)",
@@ -39,6 +42,10 @@ def webui(tmp_path_factory):
     # runs from sharing (and deleting) each other's uploads
     previous_temp_dir = os.environ.get("GRADIO_TEMP_DIR")
     os.environ["GRADIO_TEMP_DIR"] = str(folder / "gradio")
+    # and our own temporary files (exports) go to a folder of this module's own, to be checked
+    previous_tempdir = tempfile.tempdir
+    tempfile.tempdir = str(folder / "tmp")
+    Path(tempfile.tempdir).mkdir()
     session = ui_session.start(folder)
     photos = write_photos(folder / "photos")
     session.build_bank("photos", [(n, p.read_bytes()) for n, p in list(photos.items())[:2]])
@@ -52,6 +59,7 @@ def webui(tmp_path_factory):
         yield page, session, folder, photos
         browser.close()
     page_app.close()
+    tempfile.tempdir = previous_tempdir
     if previous_temp_dir is None:
         os.environ.pop("GRADIO_TEMP_DIR")
     else:
@@ -98,13 +106,32 @@ def test_toggle_choose_a_bank_and_set_its_strength(webui):
 
 
 def test_build_a_bank_from_uploads_with_a_broken_file(webui):
+    """Build waits for the upload: while the browser is still sending the files (held here, as a slow
+    connection or a busy server would), each is listed as "Uploading..." and Build is disabled; once every
+    file shows its size, Build is enabled and builds from the whole files."""
     page, session, folder, photos = webui
     broken = write_broken(folder / "broken")
     page.click("#tabs button:has-text('Safe Denoiser')")
     page.fill("#safe_denoiser_tab_name input", "uploaded")
     files = [photos["astronaut.png"], photos["coffee.jpg"], broken["truncated.jpg"][0], photos["chelsea.webp"]]
-    page.set_input_files("#safe_denoiser_tab_files input[type=file]", [str(f) for f in files])
-    sync_api.expect(page.locator("#safe_denoiser_tab_files")).to_contain_text("truncated.jpg")
+    uploads = page.locator("#safe_denoiser_tab_files")
+    build = page.locator("#safe_denoiser_tab_build")
+    held = []
+    page.route("**/upload", lambda route: held.append(route))
+    try:
+        with page.expect_request("**/upload"):
+            page.set_input_files("#safe_denoiser_tab_files input[type=file]", [str(f) for f in files])
+        sync_api.expect(uploads).to_contain_text("truncated.jpg")
+        sync_api.expect(uploads).to_contain_text("Uploading")
+        sync_api.expect(build).to_be_disabled()
+        assert build.get_attribute("title").startswith("Waiting for the images")
+        shot(page, "tab_build_waits_for_the_upload")
+        assert len(held) == 1
+        held[0].continue_()
+    finally:
+        page.unroute("**/upload")
+    sync_api.expect(uploads.locator("tr.file td.download a")).to_have_count(len(files))  # sizes shown: sent
+    sync_api.expect(build).to_be_enabled()
     page.click("#safe_denoiser_tab_build")
     sync_api.expect(page.locator("#safe_denoiser_tab_progress").first).to_contain_text("4 / 4 files")
     report = page.locator("#safe_denoiser_tab_report").first
@@ -115,6 +142,27 @@ def test_build_a_bank_from_uploads_with_a_broken_file(webui):
     sync_api.expect(page.locator("#safe_denoiser_tab_files")).not_to_contain_text("truncated.jpg")  # consumed
     shot(page, "tab_built_bank")
     assert session.backend.store().names() == ["photos", "uploaded"]
+
+
+def test_export_hands_over_the_whole_bank_and_keeps_no_copy(webui):
+    page, session, folder, _ = webui
+    page.click("#tabs button:has-text('Safe Denoiser')")
+    page.click("#safe_denoiser_tab_selected input")
+    page.locator("#safe_denoiser_tab_selected ul.options li", has_text="uploaded").click()
+    page.click("#safe_denoiser_tab_export")
+    message = page.locator("#safe_denoiser_tab_message").first
+    sync_api.expect(message).to_contain_text("Exported uploaded.safetensors")
+    link = page.locator("#safe_denoiser_tab_download a")
+    with page.expect_download() as download:
+        link.click()
+    received = folder / "downloaded" / "uploaded.safetensors"
+    download.value.save_as(received)
+    assert fileformat.verify_bank(received).ok
+    assert fileformat.read_metadata(received).count == 3
+    # the export event has finished (its status overlay is hidden): our temporary copy is gone
+    sync_api.expect(message.locator(".wrap").first).to_have_class(re.compile(r"\bhide\b"))
+    assert list(Path(tempfile.gettempdir()).glob("safe-denoiser-export-*")) == []
+    shot(page, "tab_exported")
 
 
 def test_delete_asks_first(webui):

@@ -36,7 +36,7 @@ class UiSession:
 
 def start(tmp_path: Path, *, enforce: str | None = None, enforced_setting=(), hide_ui_dir_config: bool = False,
           disable_extension_access: bool = False, api_auth: str | None = None, default_enabled: bool = False,
-          default_banks=(), last_report: dict | None = None) -> UiSession:
+          default_banks=(), last_report: dict | None = None, exposed_api_downloads: bool = False) -> UiSession:
     host_stub.configure(forge=False)
     from lib_safedenoise.webui import keys, server, session
     from lib_safedenoise.webui.api import Backend
@@ -47,7 +47,8 @@ def start(tmp_path: Path, *, enforce: str | None = None, enforced_setting=(), hi
     bank_dir.mkdir(parents=True, exist_ok=True)
     settings = {keys.SETTING_BANK_DIR: str(bank_dir), keys.SETTING_DEFAULT_ENABLED: default_enabled,
                 keys.SETTING_DEFAULT_BANKS: list(default_banks),
-                keys.SETTING_ENFORCED_BANKS: list(enforced_setting), keys.SETTING_HIDE_PREVIEWS: False}
+                keys.SETTING_ENFORCED_BANKS: list(enforced_setting), keys.SETTING_HIDE_PREVIEWS: False,
+                keys.SETTING_EXPOSED_API_DOWNLOADS: exposed_api_downloads}
     for key, value in settings.items():
         shared.opts.add_option(key, options.OptionInfo(value, key))
         shared.opts.data[key] = value

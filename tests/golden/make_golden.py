@@ -9,13 +9,16 @@ VAE, a scheduler and CUDA; the attributes the kernel methods read are set direct
 
 from __future__ import annotations
 
-import os
 import sys
 import types
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from lib_safedenoise.banks.fileformat import write_atomically  # noqa: E402
+from lib_safedenoise.core.modes import sd1_alpha_bar  # noqa: E402
 
 BANDWIDTHS = (1.0, 3.15, 13.15)
 SCALE, MARGIN = 0.33, 1.6
@@ -25,8 +28,7 @@ def inputs() -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(20250211)
     raw = torch.randn(24, 4, 16, 16, generator=generator)
     bank = raw / raw.norm(dim=1, keepdim=True)
-    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
-    alpha_bar_1 = float(torch.cumprod(1 - betas, 0)[1])  # SD-v1 DDPM, timestep 1
+    alpha_bar_1 = sd1_alpha_bar(1)  # SD-v1 DDPM, timestep 1
     noisy = alpha_bar_1 ** 0.5 * bank + (1 - alpha_bar_1) ** 0.5 * torch.randn(bank.shape, generator=generator)
     queries = torch.stack([
         torch.randn(4, 16, 16, generator=generator),                                 # an ordinary raw latent
@@ -66,10 +68,8 @@ def main(checkout: str) -> None:
         out[f"fired_{index}"] = torch.tensor(gates, dtype=torch.uint8)
     out["bandwidths"] = torch.tensor(BANDWIDTHS, dtype=torch.float64)
     out["scale_margin"] = torch.tensor([SCALE, MARGIN], dtype=torch.float64)
-    target = Path(__file__).with_name("reference_kernel.safetensors")
-    partial = target.with_suffix(".partial")
-    save_file({k: v.contiguous() for k, v in out.items()}, str(partial))
-    os.replace(partial, target)
+    write_atomically(Path(__file__).with_name("reference_kernel.safetensors"),
+                     save({k: v.contiguous() for k, v in out.items()}))
 
 
 if __name__ == "__main__":

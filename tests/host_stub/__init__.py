@@ -4,7 +4,8 @@ Each module reproduces the names, fields, call order and quirks of AUTOMATIC1111
 82a973c0) that the extension relies on, and cites the real file it follows. It drives the real
 k-diffusion samplers; the "checkpoint" is the digits model of the efficacy benchmark. ``configure``
 switches between the A1111 layout and Forge's (un-batched x in on_cfg_denoiser, no on_cfg_denoised,
-x0 handed to on_cfg_after_cfg for every sampler including DDIM).
+x0 handed to on_cfg_after_cfg for every sampler including DDIM, the checkpoint loaded on the first
+generation), each time as a freshly started server.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ def install() -> None:
 def configure(*, forge: bool) -> None:
     """Behave as A1111 (``forge=False``) or as Forge; also what ``lib_safedenoise.webui.host`` detects."""
     install()
-    from modules import shared
+    from modules import sd_models, shared
 
     shared.forge = forge
+    sd_models.reset(forge=forge)
     if forge:
         package = types.ModuleType("modules_forge")
         package.__spec__ = importlib.machinery.ModuleSpec("modules_forge", None, is_package=True)

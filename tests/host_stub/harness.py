@@ -15,13 +15,21 @@ XYZ_SCRIPT = Path(__file__).resolve().parent / "scripts" / "xyz_grid.py"  # the 
 
 
 class StubWebUI:
-    def __init__(self, sd_model, bank_dir: Path, *, forge: bool = False, enforce: str | None = None, app=None):
-        """``app``: the WebUI's FastAPI app handed to ``on_app_started`` (default: one without routes)."""
+    def __init__(self, sd_model, bank_dir: Path, *, forge: bool = False, enforce: str | None = None, app=None,
+                 lazy: bool = False):
+        """``app``: the WebUI's FastAPI app handed to ``on_app_started`` (default: one without routes).
+        On Forge the checkpoint is selected at start-up and loaded by a first generation, which ``lazy``
+        leaves out (a server nobody has generated on yet); A1111 loads it at start-up."""
         host_stub.configure(forge=forge)
         from lib_safedenoise.webui import keys
-        from modules import errors, options, scripts, shared
+        from modules import errors, options, scripts, sd_models, shared
 
-        shared.sd_model = sd_model
+        if forge:
+            sd_models.select_checkpoint(sd_models.CheckpointInfo("stub checkpoint", lambda: sd_model))
+            if not lazy:
+                sd_models.forge_model_reload()
+        else:
+            shared.sd_model = sd_model
         shared.cmd_opts.safe_denoiser_enforce = enforce
         for key, default in ((keys.SETTING_BANK_DIR, ""), (keys.SETTING_ENFORCED_BANKS, []),
                              (keys.SETTING_HIDE_PREVIEWS, False), (keys.SETTING_DEFAULT_ENABLED, False),

@@ -6,15 +6,17 @@ minutes. See ``data`` (the split), ``latents`` (the exact encoder), ``model`` (t
 lookalike), ``sampling``, ``evaluator`` and ``train``.
 """
 
-from .checkpoints import load_evaluator, load_memorizer, load_model
+from .checkpoints import load_evaluator, load_memorizer, load_model, load_surrogate
 from .data import all_digits, digit_split, memorizer_subset, near_duplicate_distance, pixel_distances, subset
-from .evaluator import DigitClassifier, frechet_distance
+from .evaluator import DigitClassifier, frechet_distance, frechet_from_moments
 from .latents import decode, encode
-from .model import DigitsLatentDiffusion, parse_label, sd_alphas_cumprod
-from .sampling import SAMPLERS, sample
+from .model import DigitsLatentDiffusion, parse_label
+from .sampling import SAMPLERS, sample, sample_conditioned
+from .surrogate import SurrogateClassifier
 
 __all__ = [
-    "DigitClassifier", "DigitsLatentDiffusion", "SAMPLERS", "all_digits", "decode", "digit_split", "encode",
-    "frechet_distance", "load_evaluator", "load_memorizer", "load_model", "memorizer_subset",
-    "near_duplicate_distance", "parse_label", "pixel_distances", "sample", "sd_alphas_cumprod", "subset",
+    "DigitClassifier", "DigitsLatentDiffusion", "SAMPLERS", "SurrogateClassifier", "all_digits", "decode",
+    "digit_split", "encode", "frechet_distance", "frechet_from_moments", "load_evaluator", "load_memorizer",
+    "load_model", "load_surrogate", "memorizer_subset", "near_duplicate_distance", "parse_label",
+    "pixel_distances", "sample", "sample_conditioned", "subset",
 ]

@@ -10,37 +10,28 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file, safe_open
+from safetensors.torch import load_file, safe_open, save
+
+from lib_safedenoise.banks.fileformat import write_atomically
 
 from .data import digit_split
 from .evaluator import DigitClassifier
 from .model import DigitsLatentDiffusion
+from .surrogate import SurrogateClassifier
 from .network import EpsUNet
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 FILES = {"denoiser": "denoiser.safetensors", "memorizer": "memorizer.safetensors",
-         "evaluator": "evaluator.safetensors"}
+         "evaluator": "evaluator.safetensors", "surrogate": "surrogate.safetensors"}
 
 
 def save_checkpoint(module: torch.nn.Module, path: Path, metadata: dict) -> None:
-    """Write atomically: a crash mid-write leaves the previous file intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write atomically (``fileformat.write_atomically``): a crash mid-write leaves the previous file intact."""
     tensors = {name: tensor.detach().contiguous().cpu() for name, tensor in module.state_dict().items()}
-    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(handle)
-    try:
-        save_file(tensors, temporary, metadata={key: str(value) for key, value in metadata.items()})
-        os.chmod(temporary, 0o644)  # mkstemp's 0600 would make a committed checkpoint private
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+    write_atomically(path, save(tensors, metadata={key: str(value) for key, value in metadata.items()}))
 
 
 def read_metadata(path: Path) -> dict:
@@ -69,9 +60,9 @@ def load_diffusion(path: Path, kind: str = "denoiser") -> DigitsLatentDiffusion:
     return model.eval().requires_grad_(False)
 
 
-def load_classifier(path: Path) -> DigitClassifier:
-    tensors, metadata = _load(path, "evaluator")
-    classifier = DigitClassifier()
+def load_classifier(path: Path, kind: str = "evaluator") -> DigitClassifier | SurrogateClassifier:
+    tensors, metadata = _load(path, kind)
+    classifier = DigitClassifier() if kind == "evaluator" else SurrogateClassifier()
     classifier.load_state_dict(tensors)
     classifier.metadata = metadata
     return classifier.eval().requires_grad_(False)
@@ -93,3 +84,9 @@ def load_memorizer() -> DigitsLatentDiffusion:
 def load_evaluator() -> DigitClassifier:
     """The committed evaluator classifier (cached)."""
     return load_classifier(WEIGHTS_DIR / FILES["evaluator"])
+
+
+@functools.lru_cache(maxsize=None)
+def load_surrogate() -> SurrogateClassifier:
+    """The committed attacker's classifier (cached; see ``surrogate``)."""
+    return load_classifier(WEIGHTS_DIR / FILES["surrogate"], "surrogate")

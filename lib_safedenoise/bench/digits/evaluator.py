@@ -4,6 +4,8 @@ Inception)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -55,8 +57,11 @@ def frechet_distance(features_a: torch.Tensor | np.ndarray, features_b: torch.Te
     b = np.asarray(features_b, dtype=np.float64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
         raise ValueError(f"need two feature sets [N>=2, D] of equal D, got {a.shape} and {b.shape}")
-    mean_a, mean_b = a.mean(axis=0), b.mean(axis=0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    return frechet_from_moments(a.mean(axis=0), np.cov(a, rowvar=False), b.mean(axis=0), np.cov(b, rowvar=False))
+
+
+def frechet_from_moments(mean_a: np.ndarray, cov_a: np.ndarray, mean_b: np.ndarray, cov_b: np.ndarray) -> float:
+    """Fréchet distance between ``N(mean_a, cov_a)`` and ``N(mean_b, cov_b)`` (float64 arrays)."""
     # tr sqrt(A B) = tr sqrt(A^1/2 B A^1/2), a symmetric PSD form that stays exact when a feature never
     # fires (ReLU features make singular covariances, where a general sqrtm is unstable)
     values, vectors = np.linalg.eigh(cov_a)
@@ -73,21 +78,31 @@ def all_shifts(pixels: torch.Tensor) -> torch.Tensor:
     return torch.stack([padded[..., dy:dy + 8, dx:dx + 8] for dy in range(3) for dx in range(3)])
 
 
-def train_classifier(pixels: torch.Tensor, labels: torch.Tensor, *, seed: int, iterations: int = 1500,
-                     batch: int = 128) -> DigitClassifier:
-    """Deterministic training (the caller fixes threads and determinism flags)."""
+def fit_classifier(make: Callable[[], nn.Module], pixels: torch.Tensor, labels: torch.Tensor, *, seed: int,
+                   iterations: int, batch: int, lr: float, weight_decay: float,
+                   label_smoothing: float = 0.0) -> nn.Module:
+    """Train ``make()`` (built after seeding torch with ``seed``) by AdamW with a one-cycle schedule peaking
+    at ``lr`` on random one-pixel shifts of random images (``all_shifts``), deterministically (the caller
+    fixes threads and determinism flags); returned in eval mode."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    classifier = DigitClassifier()
-    optimizer = torch.optim.AdamW(classifier.parameters(), lr=2e-3, weight_decay=1e-3)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=iterations)
+    classifier = make()
+    optimizer = torch.optim.AdamW(classifier.parameters(), lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=iterations)
     shifts = all_shifts(pixels)
     for _ in range(iterations):
         index = torch.randint(0, len(pixels), (batch,), generator=generator)
         shift = torch.randint(0, len(shifts), (batch,), generator=generator)
-        loss = F.cross_entropy(classifier(shifts[shift, index]), labels[index])
+        loss = F.cross_entropy(classifier(shifts[shift, index]), labels[index], label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         schedule.step()
     return classifier.eval()
+
+
+def train_classifier(pixels: torch.Tensor, labels: torch.Tensor, *, seed: int, iterations: int = 1500,
+                     batch: int = 128) -> DigitClassifier:
+    """The evaluator's training (``fit_classifier``, peak learning rate 2e-3, weight decay 1e-3)."""
+    return fit_classifier(DigitClassifier, pixels, labels, seed=seed, iterations=iterations, batch=batch,
+                          lr=2e-3, weight_decay=1e-3)

@@ -16,18 +16,13 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ...core.modes import sd1_alphas_cumprod
 from . import latents
 from .network import CONDITION_WIDTH, NUM_CLASSES, EpsUNet
 
 TIMESTEPS = 1000
 _DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 _DIGIT_TOKEN = re.compile(r"\b(\d|" + "|".join(_DIGIT_NAMES) + r")\b", re.IGNORECASE)
-
-
-def sd_alphas_cumprod() -> torch.Tensor:
-    """SD 1.x's ``alphas_cumprod``: ``betas = linspace(sqrt(0.00085), sqrt(0.012), 1000) ** 2`` (float32)."""
-    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, TIMESTEPS, dtype=torch.float64) ** 2
-    return torch.cumprod(1 - betas, dim=0).float()
 
 
 def parse_label(label) -> int | None:
@@ -65,7 +60,7 @@ class DigitsLatentDiffusion(nn.Module):
     def __init__(self, network: EpsUNet | None = None, metadata: dict | None = None):
         super().__init__()
         self.model = network if network is not None else EpsUNet(channels=latents.LATENT_CHANNELS)
-        self.register_buffer("alphas_cumprod", sd_alphas_cumprod(), persistent=False)
+        self.register_buffer("alphas_cumprod", sd1_alphas_cumprod().float(), persistent=False)
         self.metadata = dict(metadata or {})
 
     @property

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -66,12 +65,12 @@ def ddim_timesteps(steps: int) -> torch.Tensor:
     return torch.clip(torch.arange(0, 1000, 1000 // steps) + 1, 0, 999)
 
 
-@torch.no_grad()
 def sample_ddim(model, x: torch.Tensor, steps: int, cond, uncond, cond_scale: float,
                 after_cfg_eps: AfterCFGEps | None = None) -> torch.Tensor:
     """Deterministic DDIM (eta 0) from pure noise ``x`` (unit variance), as the WebUI runs it
     (modules/sd_samplers_timesteps_impl.py ``ddim``): the model is called at every timestep but the
-    lowest, ``len(timesteps) - 1`` times, and the loop ends at the lowest timestep (t = 1), not at t = 0."""
+    lowest, ``len(timesteps) - 1`` times, and the loop ends at the lowest timestep (t = 1), not at t = 0.
+    Differentiable: it records gradients exactly when the caller has them enabled."""
     alphas_cumprod = model.alphas_cumprod.double()
     timesteps = ddim_timesteps(steps)
     total = len(timesteps) - 1
@@ -109,6 +108,27 @@ def sample(model, labels: Sequence | int | None, *, sampler: str = "euler", step
     eps of ``ddim``. The starting noise and every ancestral draw come from ``seed`` alone, so two calls with
     the same arguments and batch differ only through their hooks.
     """
+    labels = _labels(labels, batch)
+    negatives = _labels(negative_labels, len(labels))
+    if len(negatives) != len(labels):
+        raise ValueError(f"{len(negatives)} negative labels for {len(labels)} labels")
+    return sample_conditioned(model, model.get_learned_conditioning(labels),
+                              model.get_learned_conditioning(negatives), sampler=sampler, steps=steps,
+                              cfg_scale=cfg_scale, seed=seed, after_cfg=after_cfg, after_cfg_eps=after_cfg_eps,
+                              size=size)
+
+
+def sample_conditioned(model, cond: torch.Tensor, uncond: torch.Tensor, *, sampler: str = "euler",
+                       steps: int = 20, cfg_scale: float = 2.0, seed: int = 0, after_cfg: AfterCFG | None = None,
+                       after_cfg_eps: AfterCFGEps | None = None, size: tuple[int, int] = (8, 8)) -> torch.Tensor:
+    """``sample`` from conditioning tensors ``[B, 1, 11]`` (any real vectors, not only one-hot labels).
+
+    Differentiable: with gradients enabled (``sample`` disables them) the whole sampler is recorded, so a
+    loss on the latents back-propagates to ``cond``, ``uncond`` and anything the hooks depend on. The
+    k-diffusion samplers are decorated with ``torch.no_grad()``; their undecorated function
+    (``__wrapped__``, the same code) is called instead, so with gradients off the result is the same
+    computation, bit for bit, as the WebUI's.
+    """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
     if steps < 1:
@@ -116,16 +136,12 @@ def sample(model, labels: Sequence | int | None, *, sampler: str = "euler", step
     is_ddim = sampler == "ddim"
     if (after_cfg is not None and is_ddim) or (after_cfg_eps is not None and not is_ddim):
         raise ValueError("after_cfg hooks x0 (k-diffusion samplers); after_cfg_eps hooks eps (ddim only)")
-    labels = _labels(labels, batch)
-    negatives = _labels(negative_labels, len(labels))
-    if len(negatives) != len(labels):
-        raise ValueError(f"{len(negatives)} negative labels for {len(labels)} labels")
-    cond = model.get_learned_conditioning(labels)
-    uncond = model.get_learned_conditioning(negatives)
+    if cond.shape != uncond.shape or cond.ndim != 3:
+        raise ValueError(f"cond {tuple(cond.shape)} and uncond {tuple(uncond.shape)} must both be [B, 1, width]")
     spec = SAMPLERS[sampler]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        noise = torch.randn(len(labels), model.latent_channels, *size).to(device=model.device, dtype=model.dtype)
+        noise = torch.randn(len(cond), model.latent_channels, *size).to(device=model.device, dtype=model.dtype)
         if is_ddim:
             return sample_ddim(model, noise, steps, cond, uncond, cfg_scale, after_cfg_eps)
         denoiser = kdiffusion.external().CompVisDenoiser(model)
@@ -137,5 +153,6 @@ def sample(model, labels: Sequence | int | None, *, sampler: str = "euler", step
             sigmas = denoiser.get_sigmas(steps)
         guided = CFGDenoiser(denoiser, SamplerSteps(spec.evaluations_per_step), steps, after_cfg)
         extra_args = {"cond": cond, "uncond": uncond, "cond_scale": cfg_scale}
-        return getattr(k_sampling, spec.function)(guided, noise * sigmas[0], sigmas, extra_args=extra_args,
-                                                  disable=True)
+        function = getattr(k_sampling, spec.function)
+        function = getattr(function, "__wrapped__", function)
+        return function(guided, noise * sigmas[0], sigmas, extra_args=extra_args, disable=True)

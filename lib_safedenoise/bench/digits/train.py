@@ -24,6 +24,7 @@ from . import latents
 from .checkpoints import FILES, WEIGHTS_DIR, save_checkpoint
 from .data import SPLIT_SEED, digit_split, memorizer_subset, subset
 from .evaluator import train_classifier
+from .surrogate import train_surrogate
 from .model import DigitsLatentDiffusion
 from .network import NUM_CLASSES, EpsUNet
 
@@ -31,6 +32,8 @@ ARCHITECTURE = {"channels": latents.LATENT_CHANNELS, "width": 32, "embed_dim": 1
 DENOISER_ITERATIONS = 1500
 MEMORIZER_ITERATIONS = 2000
 EVALUATOR_ITERATIONS = 1500
+SURROGATE_ITERATIONS = 2000
+SURROGATE_SEED_OFFSET = 1  # the surrogate never shares the evaluator's seed
 LABEL_DROPOUT = 0.1
 THREADS = 1  # also the fastest on a busy machine; more threads change float sums, hence weights
 
@@ -90,9 +93,13 @@ def train_all(out: Path, *, seed: int, only: list[str], iterations: dict[str, in
     written = {}
     for kind in only:
         start = time.perf_counter()
+        kind_seed = seed + SURROGATE_SEED_OFFSET if kind == "surrogate" else seed
         if kind == "evaluator":
             module = train_classifier(*subset("evaluator"), seed=seed, iterations=iterations[kind])
             extra = {}
+        elif kind == "surrogate":
+            module = train_surrogate(*subset("train"), seed=kind_seed, iterations=iterations[kind])
+            extra = {"trained_on": "train"}
         else:
             pixels, labels = subset("train") if kind == "denoiser" else memorizer_subset()
             module = train_denoiser(pixels, labels, seed=seed, iterations=iterations[kind],
@@ -100,7 +107,7 @@ def train_all(out: Path, *, seed: int, only: list[str], iterations: dict[str, in
             extra = {"architecture": json.dumps(ARCHITECTURE), "training_images": len(pixels)}
         seconds = time.perf_counter() - start
         path = Path(out) / FILES[kind]
-        save_checkpoint(module, path, _metadata(kind, seed, iterations[kind], seconds, **extra))
+        save_checkpoint(module, path, _metadata(kind, kind_seed, iterations[kind], seconds, **extra))
         log(f"{kind}: {iterations[kind]} iterations in {seconds:.1f} s -> {path}")
         written[kind] = path
     return written
@@ -116,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="shorthand for --only memorizer")
     parser.add_argument("--iterations", type=int, help="override the iteration count (for quick trials)")
     args = parser.parse_args(argv)
-    defaults = {"denoiser": DENOISER_ITERATIONS, "memorizer": MEMORIZER_ITERATIONS, "evaluator": EVALUATOR_ITERATIONS}
+    defaults = {"denoiser": DENOISER_ITERATIONS, "memorizer": MEMORIZER_ITERATIONS, "evaluator": EVALUATOR_ITERATIONS,
+                "surrogate": SURROGATE_ITERATIONS}
     iterations = {kind: args.iterations or count for kind, count in defaults.items()}
     train_all(args.out, seed=args.seed, only=args.only, iterations=iterations)
     return 0

@@ -1,9 +1,10 @@
 """Follows modules/processing.py: ``process_images`` (before_process, override_settings applied with
 ``opts.set(..., is_api=True)`` and restored afterwards) and ``process_images_inner`` (seeds, scripts.process
 before ``p.init``, per batch: before_process_batch, process_batch, setup_conds, sample, decode,
-postprocess_batch, one infotext per image built with the *batch's* prompts and a batch-local index,
-then ``Processed`` and scripts.postprocess once; an exception skips postprocess). Txt2img's hires fix
-runs a second sampler over the upscaled latent with ``is_hr_pass`` set and ``before_hr`` called first.
+postprocess_batch, postprocess_batch_list (which may change the batch's list of images), one infotext per
+image built with the *batch's* prompts and a batch-local index, then ``Processed`` and scripts.postprocess
+once; an exception skips postprocess). Txt2img's hires fix runs a second sampler over the upscaled latent
+with ``is_hr_pass`` set and ``before_hr`` called first.
 Forge (dfdcbab6, same file) samples under ``torch.inference_mode()`` where A1111 uses ``torch.no_grad()``."""
 
 from __future__ import annotations
@@ -36,13 +37,15 @@ class ImageRNG:
 class StableDiffusionProcessing:
     def __init__(self, *, prompt="", negative_prompt="", seed=1, steps=20, cfg_scale=7.0, sampler_name="Euler",
                  batch_size=1, n_iter=1, width=64, height=64, override_settings=None,
-                 override_settings_restore_afterwards=True, s_min_uncond=0.0, scripts=None, script_args=None):
+                 override_settings_restore_afterwards=True, s_min_uncond=0.0, eta=None, scripts=None,
+                 script_args=None):
         self.prompt, self.negative_prompt = prompt, negative_prompt
         self.seed, self.steps, self.cfg_scale, self.sampler_name = seed, steps, cfg_scale, sampler_name
         self.batch_size, self.n_iter, self.width, self.height = batch_size, n_iter, width, height
         self.override_settings = dict(override_settings or {})
         self.override_settings_restore_afterwards = override_settings_restore_afterwards
         self.s_min_uncond = s_min_uncond
+        self.eta = eta  # DDIM's eta; None: the "eta_ddim" setting
         self.scripts, self.script_args = scripts, list(script_args or [])
         self.extra_generation_params: dict = {}
         self.is_hr_pass = False
@@ -190,6 +193,10 @@ def process_images(p):
     try:
         for k, v in p.override_settings.items():
             opts.set(k, v, is_api=True, run_callbacks=False)
+        if shared.forge:  # Forge's manage_model_and_prompt_cache: the checkpoint loads on the first generation
+            from modules import sd_models
+
+            p.sd_model, _ = sd_models.forge_model_reload()
         res = process_images_inner(p)
     finally:
         if p.override_settings_restore_afterwards:
@@ -227,7 +234,12 @@ def process_images_inner(p):
             p.latents.append(samples.detach().clone())
             x_samples = torch.clamp((p.sd_model.decode_first_stage(samples) + 1.0) / 2.0, min=0.0, max=1.0)
             if p.scripts is not None:
+                from modules import scripts
+
                 p.scripts.postprocess_batch(p, x_samples, batch_number=n)
+                batch_params = scripts.PostprocessBatchListArgs(list(x_samples))
+                p.scripts.postprocess_batch_list(p, batch_params, batch_number=n)
+                x_samples = batch_params.images
 
             def infotext(index=0, use_main_prompt=False):
                 return create_infotext(p, p.prompts, p.seeds, p.subseeds, use_main_prompt=use_main_prompt,

@@ -1,7 +1,9 @@
 """Follows modules/scripts.py: the ``Script`` base class, ``AlwaysVisible``, and a ``ScriptRunner`` that
 builds every AlwaysOn script's UI once per tab (txt2img and img2img each get their own instance), records
 ``args_from``/``args_to``, and calls each hook as ``hook(p, *p.script_args[args_from:args_to], **kwargs)``
-inside try/except that reports the error and goes on (a script's exception never stops a generation)."""
+inside try/except that reports the error and goes on (a script's exception never stops a generation).
+``postprocess_batch_list`` hands every script the same ``PostprocessBatchListArgs``, whose ``images`` list a
+script may change (the caller, modules/processing.py, goes on with ``pp.images``)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,11 @@ ScriptClassData = namedtuple("ScriptClassData", ["script_class", "path", "basedi
 scripts_data: list[ScriptClassData] = []
 scripts_txt2img: "ScriptRunner" = None
 scripts_img2img: "ScriptRunner" = None
+
+
+class PostprocessBatchListArgs:
+    def __init__(self, images):
+        self.images = images
 
 
 class Script:
@@ -106,6 +113,16 @@ class ScriptRunner:
                 method(p, *p.script_args[script.args_from:script.args_to], images=images, **kwargs)
             except Exception:
                 errors.report(f"Error running postprocess_batch: {script.filename}", exc_info=True)
+
+    def postprocess_batch_list(self, p, pp, **kwargs):
+        for script in self.alwayson_scripts:
+            method = getattr(script, "postprocess_batch_list", None)
+            if method is None:
+                continue
+            try:
+                method(p, pp, *p.script_args[script.args_from:script.args_to], **kwargs)
+            except Exception:
+                errors.report(f"Error running postprocess_batch_list: {script.filename}", exc_info=True)
 
     def postprocess(self, p, processed):
         for script in self.alwayson_scripts:

@@ -1,11 +1,14 @@
 """Follows modules/sd_samplers_common.py: ``SamplerData.total_steps`` doubles for second-order samplers,
 ``setup_img2img_steps``, ``Sampler.callback_state`` (sets ``state.sampling_step`` after each step's model
 call), ``launch_sampling`` (sets ``denoiser.steps``/``total_steps``, swallows ``InterruptedException``) and
-``initialize`` (resets ``denoiser.step``)."""
+``initialize`` (resets ``denoiser.step``), and ``images_tensor_to_samples`` (the full VAE's encoding; the
+TAESD approximation is not stubbed)."""
 
 from __future__ import annotations
 
 from collections import namedtuple
+
+import torch
 
 from modules import shared
 from modules.shared import opts, state
@@ -29,6 +32,22 @@ def setup_img2img_steps(p, steps=None):
         steps = p.steps
         t_enc = int(min(p.denoising_strength, 0.999) * steps)
     return steps, t_enc
+
+
+def images_tensor_to_samples(image, approximation=None, model=None):
+    """image[0, 1] -> latent, one image at a time as the WebUI does."""
+    from modules import devices
+
+    if approximation not in (None, 0):
+        raise NotImplementedError("the host stub encodes with the full VAE only")
+    if model is None:
+        model = shared.sd_model
+    image = image.to(devices.device, dtype=devices.dtype_vae)
+    image = image * 2 - 1
+    if len(image) > 1:
+        return torch.stack([model.get_first_stage_encoding(model.encode_first_stage(torch.unsqueeze(img, 0)))[0]
+                            for img in image])
+    return model.get_first_stage_encoding(model.encode_first_stage(image))
 
 
 class InterruptedException(BaseException):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from modules.options import OptionInfo, Options
 
@@ -21,6 +22,7 @@ opts = Options({
     "live_preview_content": OptionInfo("Prompt", "Live preview subject"),
     "show_progress_every_n_steps": OptionInfo(1, "Live preview display period"),
     "img2img_fix_steps": OptionInfo(False, "With img2img, do exactly the amount of steps the slider specifies"),
+    "eta_ddim": OptionInfo(0.0, "Eta for DDIM"),
     "disabled_extensions": OptionInfo([], "Disable these extensions"),
     "disable_all_extensions": OptionInfo("none", "Disable all extensions"),
     "infotext_skip_pasting": OptionInfo([], "Disregard fields from pasted infotext"),
@@ -56,4 +58,23 @@ class _Tqdm:
 
 state = State()
 total_tqdm = _Tqdm()
-sd_model = None  # the loaded checkpoint; tests set it (the digits model)
+
+
+class Shared(sys.modules[__name__].__class__):
+    """modules/shared_items.py ``Shared``: ``shared.sd_model`` reads and sets ``sd_models.model_data``'s
+    model (tests set the digits model; on Forge, before the first generation, it is the placeholder)."""
+
+    @property
+    def sd_model(self):
+        from modules import sd_models
+
+        return sd_models.model_data.get_sd_model()
+
+    @sd_model.setter
+    def sd_model(self, value):
+        from modules import sd_models
+
+        sd_models.model_data.set_sd_model(value)
+
+
+sys.modules[__name__].__class__ = Shared

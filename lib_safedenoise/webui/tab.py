@@ -1,194 +1,31 @@
-"""The per-generation accordion and the "Safe Denoiser" tab (gradio 3.41, the WebUI's version).
+"""The "Safe Denoiser" tab: list, inspect, build, import, export, rename and delete banks (gradio 3.41).
 
-Both builders only create components and wire events: everything they show comes from an
-``api.Backend`` (the WebUI's through ``Backend.from_host``), every bank operation goes through
-``api.BankService``, and building the accordion changes nothing (the WebUI's API builds it again to learn
-the default arguments). Event handlers are module-level functions of plain values, tested without a browser.
+Every bank operation goes through ``api.BankService``; what the tab shows comes from an ``api.Backend``.
+Event handlers are module-level functions or ``TabHandlers`` methods of plain values, tested without a
+browser.
 """
 
-from __future__ import annotations
 
+import functools
 import html
 import math
 import os
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import gradio as gr
 
-from lib_safedenoise.core import modes
-from lib_safedenoise.webui.api import Backend, BankService, CARD_FIELDS
-from lib_safedenoise.core.latent_bank import ROLES
-from lib_safedenoise.banks.errors import BankError
 from lib_safedenoise.banks.builder import BuildReport
-from lib_safedenoise.webui.enforcement import EnforcementError
-from lib_safedenoise.webui.session import format_steps
-from lib_safedenoise.webui.args import ARG_NAMES, GenerationArgs
+from lib_safedenoise.banks.errors import BankError
 from lib_safedenoise.banks.presets import card_text
+from lib_safedenoise.core.latent_bank import ROLES
+from lib_safedenoise.webui.accordion import ELEM_PREFIX, enforced_html
+from lib_safedenoise.webui.api import CARD_FIELDS, Backend, BankService
+from lib_safedenoise.webui.enforcement import EnforcementError
 
-ELEM_PREFIX = "safe_denoiser"
-MAX_STRENGTH_SLIDERS = 6
-STRENGTH_RANGE = (0.0, 3.0)
-TAB_TITLE = "Safe Denoiser"
 BANK_COLUMNS = ["Name", "Title", "Images", "Latent space", "Size", "Fits the loaded model", "Enforced", "Problem"]
 
-
-# --------------------------------------------------------------------------- the accordion
-
-@dataclass
-class AccordionControls:
-    """``components`` are the script's arguments, in ``generation_args.ARG_NAMES`` order."""
-
-    components: list
-    status: Any
-    status_refresh: Any
-    bank_refresh: Any
-    strength_sliders: list = field(default_factory=list)
-
-
-def strengths_text(values: Sequence[float]) -> str:
-    return ", ".join(f"{v:g}" for v in values)
-
-
-def strength_values(banks: Sequence[str], text: str) -> list[float]:
-    """One strength per bank from the ``strengths`` argument (a single number applies to every bank)."""
-    args = GenerationArgs.from_script_args([True, list(banks), text])
-    return [args.strength_of(i) for i in range(len(banks))]
-
-
-def sync_strength_sliders(banks: Sequence[str] | None, text: str) -> list:
-    """Updates for ``[strengths, *sliders]``: one visible slider per selected bank, labelled with it."""
-    banks = list(banks or [])
-    try:
-        values = strength_values(banks, text)
-    except ValueError:
-        values = [1.0] * len(banks)
-    sliders = [gr.update(visible=True, label=f"Strength: {banks[i]}", value=values[i]) if i < len(banks)
-               else gr.update(visible=False) for i in range(MAX_STRENGTH_SLIDERS)]
-    return [strengths_text(values), *sliders]
-
-
-def set_strength(index: int, banks: Sequence[str] | None, text: str, value: float) -> str:
-    """The ``strengths`` argument after slider ``index`` moved (banks beyond the sliders keep theirs)."""
-    banks = list(banks or [])
-    try:
-        values = strength_values(banks, text)
-    except ValueError:
-        values = [1.0] * len(banks)
-    if index < len(values):
-        values[index] = float(value)
-    return strengths_text(values)
-
-
-def refresh_bank_choices(names: Sequence[str], selected: Sequence[str] | None):
-    return gr.update(choices=list(names), value=[n for n in (selected or []) if n in names])
-
-
-def mode_description(mode: str) -> str:
-    try:
-        mode = modes.resolve_mode(mode)
-    except ValueError as error:
-        return str(error)
-    return f"*{mode}*: {modes.MODES[mode].summary}"
-
-
-def status_html(report: dict | None) -> str:
-    """The accordion's status line after a run: on which images the correction fired, at which steps."""
-    if not report or not report.get("images") and not report.get("problems"):
-        return ""
-    images = report.get("images", {})
-    fired = {int(i) + 1: entry.get("fired") or "" for i, entry in images.items()
-             if any(step.get("fired") for step in entry.get("steps", []))}
-    if not images:
-        text = "did not run"
-    elif not fired:
-        text = f"did not fire on any of {len(images)} image{'s' * (len(images) > 1)}"
-    elif len(images) <= 4:
-        text = "; ".join(f"image {i}: steps {fired[i]}" if i in fired else f"image {i}: not fired"
-                         for i in sorted(int(k) + 1 for k in images))
-    else:
-        all_steps = sorted({step["step"] for entry in images.values() for step in entry.get("steps", [])
-                            if step.get("fired") and step.get("pass") == "first"})
-        text = f"fired on {len(fired)} of {len(images)} images (steps {format_steps(all_steps)})"
-    problems = report.get("problems", [])
-    warning = (f' <span class="safe-denoiser-warning" title="{html.escape(" / ".join(problems))}">'
-               f'⚠ {len(problems)} problem{"s" * (len(problems) > 1)}</span>') if problems else ""
-    return f'<span class="safe-denoiser-status">Last run: {html.escape(text)}</span>{warning}'
-
-
-def enforced_html(names: Sequence[str]) -> str:
-    if not names:
-        return ""
-    listed = ", ".join(f"<b>{html.escape(n)}</b>" for n in names)
-    return (f'<div class="safe-denoiser-enforced">Enforced on this server: {listed}. These banks apply to '
-            f"every generation (UI and API) whatever is chosen here, and cannot be deleted, renamed or "
-            f"replaced.</div>")
-
-
-def build_accordion(is_img2img: bool, backend: Backend | None = None,
-                    accordion_class: type | None = None) -> AccordionControls:
-    """The per-generation controls; returns them in ``ARG_NAMES`` order (the script's arguments)."""
-    if backend is None:
-        backend = Backend.from_host()
-    if accordion_class is None:
-        from lib_safedenoise.webui import host
-
-        accordion_class = host.input_accordion_class()
-    prefix = f"{ELEM_PREFIX}_{'img2img' if is_img2img else 'txt2img'}"
-    names = backend.store().names()
-    defaults = GenerationArgs(enabled=backend.default_enabled(),
-                              banks=tuple(n for n in backend.default_banks() if n in names))
-    with accordion_class(defaults.enabled, label=TAB_TITLE, elem_id=prefix) as enabled:
-        with enabled.extra():
-            status = gr.HTML("", elem_id=f"{prefix}_status")
-        gr.HTML(enforced_html(backend.enforced()), elem_id=f"{prefix}_enforced")
-        with gr.Row():
-            banks = gr.Dropdown(names, value=list(defaults.banks), multiselect=True, label="Negation banks",
-                                elem_id=f"{prefix}_banks", scale=8)
-            bank_refresh = gr.Button("\U0001f504", elem_id=f"{prefix}_banks_refresh", elem_classes=["tool"],
-                                     scale=0, min_width=40)
-        strengths = gr.Textbox(strengths_text([1.0] * len(defaults.banks)), visible=False,
-                               elem_id=f"{prefix}_strengths", label="Strengths")
-        with gr.Row():
-            sliders = [gr.Slider(*STRENGTH_RANGE, value=1.0, step=0.05, visible=i < len(defaults.banks),
-                                 label=f"Strength: {defaults.banks[i]}" if i < len(defaults.banks) else "Strength",
-                                 elem_id=f"{prefix}_strength_{i}", min_width=120)
-                       for i in range(MAX_STRENGTH_SLIDERS)]
-        with gr.Row():
-            mode = gr.Dropdown(["default", *backend.mode_names()], value=defaults.mode, label="Mode",
-                               elem_id=f"{prefix}_mode", scale=1)
-            mode_info = gr.Markdown(mode_description(defaults.mode), elem_id=f"{prefix}_mode_info")
-        with gr.Accordion("Advanced", open=False, elem_id=f"{prefix}_advanced"):
-            with gr.Row():
-                bandwidth = gr.Number(defaults.bandwidth, label="Bandwidth (0 = the mode's own)", minimum=0,
-                                      elem_id=f"{prefix}_bandwidth")
-                threshold = gr.Number(defaults.threshold, label="Threshold (negative = the mode's own)",
-                                      elem_id=f"{prefix}_threshold")
-            with gr.Row():
-                window_start = gr.Slider(0.0, 1.0, value=defaults.window_start, step=0.01, label="Window start",
-                                         elem_id=f"{prefix}_window_start")
-                window_end = gr.Slider(0.0, 1.0, value=defaults.window_end, step=0.01, label="Window end",
-                                       elem_id=f"{prefix}_window_end")
-        status_refresh = gr.Button("Refresh status", visible=False, elem_id=f"{prefix}_status_refresh")
-
-    bank_refresh.click(lambda selected: refresh_bank_choices(backend.store().names(), selected),
-                       inputs=[banks], outputs=[banks], queue=False)
-    for source in (banks, strengths):
-        source.change(sync_strength_sliders, inputs=[banks, strengths], outputs=[strengths, *sliders], queue=False)
-    for index, slider in enumerate(sliders):
-        slider.input(lambda b, t, v, index=index: set_strength(index, b, t, v), inputs=[banks, strengths, slider],
-                     outputs=[strengths], queue=False)
-    mode.change(mode_description, inputs=[mode], outputs=[mode_info], queue=False)
-    status_refresh.click(lambda: status_html(backend.last_report()), outputs=[status], queue=False)
-
-    components = [enabled, banks, strengths, mode, bandwidth, window_start, window_end, threshold]
-    assert len(components) == len(ARG_NAMES)
-    return AccordionControls(components, status, status_refresh, bank_refresh, sliders)
-
-
-# --------------------------------------------------------------------------- the tab: handlers
 
 def human_size(size: int) -> str:
     for unit in ("B", "KB", "MB", "GB"):
@@ -248,6 +85,14 @@ def discard_upload(upload: Any) -> None:
     if isinstance(leftover, str) and leftover != str(path):
         upload.file.close()
         Path(leftover).unlink(missing_ok=True)
+
+
+def all_empty(files: Sequence[Any] | None) -> bool:
+    """Whether there are uploads and every one is an empty file. That is what gradio 3.41 hands a handler
+    fired before the browser finished sending the files: their names, no content (the page holds Build
+    meanwhile, see javascript/safe_denoiser.js, so this is the answer for pages without that script)."""
+    paths = [upload_path(item) for item in files or []]
+    return bool(paths) and all(path.is_file() and path.stat().st_size == 0 for path in paths)
 
 
 def read_uploads(files: Sequence[Any] | None) -> list[tuple[str, bytes]]:
@@ -363,7 +208,9 @@ class TabHandlers:
         unchanged = (gr.update(), gr.update(), gr.update())
         problem = ("Give the bank a name." if not name else
                    "Choose uploaded images or a server folder, not both." if files and folder else
-                   "Upload images or name a server folder." if not files and not folder else "")
+                   "Upload images or name a server folder." if not files and not folder else
+                   "The uploaded files are all empty (0 bytes). If they were still uploading, wait until each "
+                   "shows its size, then click Build bank again." if all_empty(files) else "")
         if problem:
             yield "", report_html(None, problem), *unchanged
             return
@@ -433,13 +280,17 @@ class TabHandlers:
             return gr.update(value=None, visible=False), message_html(str(error), error=True)
 
     def export(self, name: str | None, settings_only: bool):
+        """Generator of one ``(download, message)`` update. The exported file lives in a temporary folder of
+        this call's own until gradio asks for the next update, which it does only after copying the file
+        into its own cache (``File.postprocess``); then the folder is removed."""
         if not name:
-            return gr.update(value=None), message_html("Choose a bank first.", error=True)
+            yield gr.update(value=None), message_html("Choose a bank first.", error=True)
+            return
         try:
-            path = self.service.export(name, settings_only=settings_only)
+            with self.service.exported(name, settings_only=settings_only) as path:
+                yield gr.update(value=str(path), visible=True), message_html(f"Exported {path.name}.")
         except (BankError, OSError) as error:
-            return gr.update(value=None), message_html(str(error), error=True)
-        return gr.update(value=str(path), visible=True), message_html(f"Exported {path.name}.")
+            yield gr.update(value=None), message_html(str(error), error=True)
 
     def read_preset(self, upload):
         """Show a preset's card; installing is enabled only once its card has been shown."""
@@ -547,8 +398,11 @@ def build_tab(backend: Backend | None = None) -> gr.Blocks:
         delete.click(handlers.delete, _js="safeDenoiserConfirmDelete", inputs=[selected, confirmed], outputs=changed)
         rename.click(handlers.rename, inputs=[selected, new_name], outputs=changed)
         inspect.click(handlers.inspect, inputs=[selected], outputs=[details, message])
-        export.click(lambda n: handlers.export(n, False), inputs=[selected], outputs=[download, message])
-        export_settings.click(lambda n: handlers.export(n, True), inputs=[selected], outputs=[download, message])
+        # partial, not lambda: gradio runs a handler as a generator only if it is a generator function
+        export.click(functools.partial(handlers.export, settings_only=False), inputs=[selected],
+                     outputs=[download, message])
+        export_settings.click(functools.partial(handlers.export, settings_only=True), inputs=[selected],
+                              outputs=[download, message])
         preset_file.change(handlers.read_preset, inputs=[preset_file], outputs=[preset_card, install])
         install.click(handlers.install_preset, inputs=[preset_file, preset_name, preset_overwrite, selected],
                       outputs=[*changed, install])

@@ -1,0 +1,203 @@
+"""Certified pruning of the kernel sums: which bank items can be skipped, and by how much that can err.
+
+A Gaussian kernel sum ``S = sum_n exp(score_n)`` with ``score_n = -dist_n / (2 h^2)`` over a large bank is
+dominated, in latent dimension, by a few items. Skipping item ``n`` is safe when an *upper* bound
+``u_n >= score_n`` is far below the sum of the items kept: if ``K`` is the skipped set, ``T`` the kept one,
+
+    rho = sum_{n in K} exp(u_n) / sum_{n in T} exp(score_n)   >=   S_K / S_T,
+
+then the kept log-sum-exp is below the true one by ``log(1 + S_K / S_T) <= rho``, and the kept weighted
+mean ``m_T`` differs from the full one ``m`` by ``S_K / (S_K + S_T) |m_K - m_T| <= rho max_{n in K}
+|x_n - m_T| <= rho (max_{n in K} |x_n| + |m_T|)`` (the item norms are stored). Upper bounds on the score
+are lower bounds on the squared distance, from two summaries kept with the bank (``PruningIndex``):
+
+* **Pooled bound** (block means): for a block of ``s`` values, ``sum_i (a_i - b_i)^2 >= s (mean(a) -
+  mean(b))^2`` (Jensen), so ``|q - x_n|^2 >= s |pool(q) - pool(x_n)|^2`` over 4x4 spatial blocks. Tight
+  where latents are smooth within a block; at high noise the query's noise averages out in the pooled copy
+  and the bound falls far below the true distance.
+* **Cluster bound** (centroid and residual norm): ``|q - x_n| >= |q - c_j| - |x_n - c_j|`` for the
+  centroid ``c_j`` of ``x_n``'s cluster. Tight where clusters are small against their separation; at high
+  noise ``q - c_j`` is nearly orthogonal to ``x_n - c_j``, which no bound built without reading the item
+  can see (Cauchy-Schwarz is then loose by the whole residual norm), so it certifies nothing either.
+
+Where neither certifies a small kept set, the kernel runs the full pass and says so (``bound = "full"``);
+it also does whenever pruning cannot pay (more than ``1 / PAY_SHARE`` of the bank kept), e.g. for the
+released code's flat kernel, whose weights barely vary across the bank.
+
+Floating point: bounds are computed in float32 from ``|a|^2 + |b|^2 - 2 a.b``, whose rounding error is a
+small multiple of ``6e-8 (|a|^2 + |b|^2)``; every bound is lowered by ``FLOAT_SLACK`` times the squared
+norms of the query and the item (the true squared norms bound the pooled ones), so a rounding error cannot
+make an item look farther than it is.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+DEFAULT_TOLERANCE = 1e-4
+"""Default bound on ``rho``, the skipped items' weight relative to the kept ones: the log-sum-exp of the
+kernel is exact to ``1e-4`` nats, the kernel mean to ``1e-4`` times the largest skipped item's distance."""
+
+FLOAT_SLACK = 1e-6
+"""Every squared-distance bound is lowered by this fraction of the query's plus the item's squared norm:
+about 16 float32 rounding steps, above the error of the products that form it."""
+
+BLOCK = 4
+"""Pooled blocks are ``BLOCK x BLOCK`` positions of one channel: the float32 pooled copy is 1/16 of the
+values, 4/16 = 25% of a float32 bank's bytes, 12.5% of a float16 bank's."""
+
+CLUSTER_SIZE = 16
+"""Items per cluster on average: the centroids (in the bank's dtype) add 1/16 of the bank, so with the
+pooled copy the index adds at most 12.5% + 6.25% + 16 bytes per item of a float16 bank (the issue's 20%)."""
+
+CLUSTER_BLOCK = 8
+"""The clustering runs on ``CLUSTER_BLOCK x CLUSTER_BLOCK`` block means (1/64 of the values): it only
+chooses which items share a centroid, which the bound holds for whatever the choice."""
+
+KMEANS_ROUNDS = 2
+"""Lloyd rounds of the clustering (on the pooled copy): more rounds tighten the bounds, never loosen the
+certificate (every bound holds for any centroid)."""
+
+MIN_ITEMS = 50_000
+"""Banks smaller than this are always read in full: the index is built per generation, and below this size
+its cost and the failed attempts outweigh what it saves (``python -m lib_safedenoise.bench speed --scaling``;
+README "Big banks")."""
+
+SEEDS = 8
+"""Per query, the items with the largest score bounds are scored exactly first; their log-sum-exp is a
+lower bound on the kept sum, against which the rest is pruned."""
+
+PAY_SHARE = 16
+"""Pruning is used when it keeps at most ``1 / PAY_SHARE`` of the bank (a kept item is gathered, about
+three reads of it on CPU); beyond that the full pass is as cheap, and the gathered rows would take more
+than the 20% of memory an index may add."""
+
+
+def pooled(latents: torch.Tensor) -> torch.Tensor | None:
+    """Float32 ``BLOCK x BLOCK`` block means of ``[N, C, H, W]`` latents, flattened: ``[N, D / 16]``;
+    ``None`` when ``H`` or ``W`` is not a multiple of ``BLOCK``."""
+    if latents.shape[-1] % BLOCK or latents.shape[-2] % BLOCK:
+        return None
+    return F.avg_pool2d(latents.float(), BLOCK).flatten(1)
+
+
+@dataclass
+class PruningIndex:
+    """What a bank keeps to bound its items' distances without reading them (all on the compute device).
+
+    ``sq_norms [M]``: the items' squared norms (float32); ``pooled [M, D/16]`` float32 block means (or
+    ``None``) with ``pooled_sq`` their squared norms; ``centroids [K, D]`` in the bank's dtype (the bound uses
+    exactly these stored values), ``centroid_sq [K]``; ``assignment [M]`` each item's cluster;
+    ``residual [M]`` the float32 distance ``|x_n - c_j|`` to its centroid. ``failed`` maps a kernel kind
+    (squared or not) to the smallest bandwidth at which pruning did not pay: wider kernels prune less, so
+    passes at that bandwidth or wider go straight to the full pass (a choice of speed only, never of
+    correctness; the index lives for one generation, whose noise levels fall).
+    """
+
+    sq_norms: torch.Tensor
+    pooled: torch.Tensor | None
+    pooled_sq: torch.Tensor | None
+    centroids: torch.Tensor
+    centroid_sq: torch.Tensor
+    assignment: torch.Tensor
+    residual: torch.Tensor
+    failed: dict = field(default_factory=dict)
+
+    @property
+    def count(self) -> int:
+        return self.sq_norms.shape[0]
+
+    def nbytes(self) -> int:
+        """Memory the index adds beside the bank."""
+        tensors = (self.pooled, self.pooled_sq, self.centroids, self.centroid_sq, self.assignment, self.residual)
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+    def cluster_bytes(self) -> int:
+        """Bytes read by one cluster bound: the centroids and the per-item cluster data."""
+        return (self.centroids.numel() * self.centroids.element_size()
+                + self.count * (self.assignment.element_size() + 4 + 4))
+
+    def pooled_bytes(self) -> int:
+        """Bytes read by one pooled bound (0 without a pooled copy)."""
+        return 0 if self.pooled is None else self.pooled.numel() * 4
+
+    def cluster_lower_bound(self, queries: torch.Tensor, query_sq: torch.Tensor) -> torch.Tensor:
+        """``[B, M]`` lower bounds on ``|q_b - x_n|^2`` from ``|q - c_j| - |x_n - c_j|``."""
+        rows = max(1, (4 << 20) // (4 * queries.shape[1]))  # widened chunks of centroids stay in cache
+        sq = torch.cat([torch.addmm(norms[None], queries, part.float().T, alpha=-2)
+                        for part, norms in zip(self.centroids.split(rows), self.centroid_sq.split(rows))], 1)
+        sq.add_(query_sq[:, None])
+        sq.sub_(FLOAT_SLACK * (query_sq[:, None] + self.centroid_sq[None])).clamp_(min=0)
+        to_centroid = sq.sqrt_()[:, self.assignment]  # [B, M]
+        # the residual norm rounds like the distances: raise it by the slack on the item's scale
+        residual = self.residual + math.sqrt(FLOAT_SLACK) * self.sq_norms.sqrt()
+        return (to_centroid - residual[None]).clamp_(min=0).square_()
+
+    def pooled_lower_bound(self, queries: torch.Tensor, query_sq: torch.Tensor, shape: tuple) -> torch.Tensor:
+        """``[B, M]`` lower bounds on ``|q_b - x_n|^2`` from the block means (Jensen per block)."""
+        pooled_queries = pooled(queries.reshape(queries.shape[0], *shape))
+        sq = torch.addmm(self.pooled_sq[None], pooled_queries, self.pooled.T, alpha=-2)
+        sq.add_(pooled_queries.square().sum(1, keepdim=True)).mul_(BLOCK * BLOCK)
+        return sq.sub_(FLOAT_SLACK * (query_sq[:, None] + self.sq_norms[None])).clamp_(min=0)
+
+
+def build_index(count: int, rows, shape: tuple, dtype: torch.dtype, device, chunk_rows: int) -> PruningIndex:
+    """The index of a bank of ``count`` items of ``shape`` (``[C, H, W]``) stored in ``dtype``.
+
+    ``rows(start, stop)`` returns items ``start:stop`` on ``device`` (the bank may live elsewhere). Three
+    chunked passes over the bank: norms and pooled copy; centroids (the mean of each cluster's members);
+    residual norms against the centroids as stored. The clustering runs on ``CLUSTER_BLOCK`` block means
+    (or on the items themselves when they are too small to pool), from evenly spaced items, ``KMEANS_ROUNDS``
+    rounds (a cluster merging two groups only loosens its members' bounds).
+    """
+    width = math.prod(shape)
+    starts = range(0, count, chunk_rows)
+    coarse = shape[-1] % CLUSTER_BLOCK == 0 and shape[-2] % CLUSTER_BLOCK == 0
+    norms, pools, spaces = [], [], []
+    for start in starts:
+        chunk = rows(start, start + chunk_rows).float()
+        norms.append(chunk.flatten(1).square().sum(1))
+        pools.append(pooled(chunk))
+        spaces.append(F.avg_pool2d(chunk, CLUSTER_BLOCK).flatten(1) if coarse else chunk.flatten(1))
+    sq_norms = torch.cat(norms)
+    pooled_items = None if pools[0] is None else torch.cat(pools)
+    clusters = max(1, count // CLUSTER_SIZE)
+    space = torch.cat(spaces)
+    del spaces
+    centres = space[torch.linspace(0, count - 1, clusters, device=space.device).round().long()].clone()
+    for _ in range(KMEANS_ROUNDS + 1):
+        centre_sq = centres.square().sum(1)[None]
+        assignment = torch.cat([torch.addmm(centre_sq, part, centres.T, alpha=-2).argmin(1)
+                                for part in space.split(4096)])
+        sums = torch.zeros_like(centres).index_add_(0, assignment, space)
+        sizes = torch.bincount(assignment, minlength=clusters).to(space.dtype)
+        filled = sizes > 0
+        centres[filled] = sums[filled] / sizes[filled, None]
+    del space
+    totals = torch.zeros(clusters, width, device=device)
+    for start in starts:
+        totals.index_add_(0, assignment[start:start + chunk_rows], rows(start, start + chunk_rows).float().flatten(1))
+    sizes = torch.bincount(assignment, minlength=clusters).clamp_(min=1).to(totals.dtype)
+    centroids = (totals / sizes[:, None]).to(dtype)
+    del totals
+    wide = centroids.float()
+    residual = torch.cat([
+        (rows(start, start + chunk_rows).float().flatten(1) - wide[assignment[start:start + chunk_rows]]).norm(dim=1)
+        for start in starts])
+    return PruningIndex(sq_norms, pooled_items,
+                        None if pooled_items is None else pooled_items.square().sum(1),
+                        centroids, wide.square().sum(1), assignment, residual)
+
+
+def skippable(upper: torch.Tensor, floor: torch.Tensor, tolerance: float) -> torch.Tensor:
+    """``[B, M]`` mask of items that may be skipped for each query: the largest set, taken from the smallest
+    score bounds ``upper [B, M]`` up, whose bounds' log-sum-exp stays at
+    most ``floor [B] + log(tolerance)``, ``floor`` a lower bound on the kept items' log-sum-exp."""
+    ordered, order = upper.sort(1)
+    cumulative = torch.logcumsumexp(ordered, 1)
+    mask_sorted = cumulative <= (floor + math.log(tolerance))[:, None]
+    return torch.zeros_like(mask_sorted).scatter_(1, order, mask_sorted)
