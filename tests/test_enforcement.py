@@ -17,11 +17,8 @@ REQUEST = dict(prompt=str(wf.NEGATED_CLASS), seed=21, steps=6, cfg_scale=2.0)
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """Latents of the same request on a server without enforcement: off, and with the bank requested."""
-    webui = wf.start(tmp_path_factory.mktemp("open"))
-    off = webui.txt2img(**REQUEST)["p"].latents[0]
-    on = webui.txt2img(**REQUEST, safe_denoiser=enforcement.enforced_args((wf.BANK,)).to_script_args())
-    return off, on["p"].latents[0]
+    """Latents of the same request on a server without enforcement: off, and with the enforced settings."""
+    return wf.open_server_latents(tmp_path_factory.mktemp("open"), REQUEST)
 
 
 @pytest.fixture

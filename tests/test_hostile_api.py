@@ -11,13 +11,13 @@ from pathlib import Path
 
 import gradio as gr
 import pytest
-import torch
 import torch.nn.functional as F
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from lib_safedenoise.banks import fileformat
 from lib_safedenoise.webui import api, keys, tab
+from tests.host_stub import webui_fixtures as wf
 from tests import host_stub
 from tests.browser import ui_session
 from tests.images import write_photos
@@ -198,25 +198,13 @@ def test_item14_the_download_setting_is_registered_and_out_of_the_apis_reach(tmp
 
 # --------------------------------------------------------------------------- item 15: Forge's lazy checkpoint
 
-class RgbDigitsCheckpoint(torch.nn.Module):
+class RgbDigitsCheckpoint(wf.WrappedDigitsModel):
     """The digits model behind a Stable Diffusion-like VAE: RGB pixels in [-1, 1] at 8x the latent size, each
     8x8 block averaged to one grey pixel and encoded by the digits encoder. Like Forge's engines
     (backend/diffusion_engine/base.py), ``encode_first_stage`` does everything and ``get_first_stage_encoding``
     is the identity."""
 
     latent_space = "digits"
-    parameterization = "eps"
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-        self.alphas_cumprod = inner.alphas_cumprod
-
-    def get_learned_conditioning(self, labels):
-        return self.inner.get_learned_conditioning(labels)
-
-    def apply_model(self, x, t, cond, **kwargs):
-        return self.inner.apply_model(x, t, cond, **kwargs)
 
     def encode_first_stage(self, pixels):
         return self.inner.encode_first_stage(F.avg_pool2d(pixels.mean(1, keepdim=True), 8))
@@ -231,7 +219,6 @@ class RgbDigitsCheckpoint(torch.nn.Module):
 def forge_before_its_first_generation(tmp_path, checkpoint):
     """A Forge server just started (the checkpoint selected, not loaded) with the bank routes on."""
     from lib_safedenoise.webui.api import Backend
-    from tests.host_stub import webui_fixtures as wf
     from tests.host_stub.harness import StubWebUI
 
     bank_dir = tmp_path / "banks"
@@ -244,7 +231,6 @@ def forge_before_its_first_generation(tmp_path, checkpoint):
 
 
 def test_item15_forge_builds_a_bank_before_the_first_generation(tmp_path, photos):
-    from tests.host_stub import webui_fixtures as wf
 
     checkpoint = RgbDigitsCheckpoint(wf.load_sd_model())
     webui, client = forge_before_its_first_generation(tmp_path, checkpoint)

@@ -26,7 +26,7 @@ from lib_safedenoise.banks import fileformat, metadata, spaces
 from lib_safedenoise.core.engine import SafeDenoiser
 from lib_safedenoise.core.latent_bank import LatentBank
 from lib_safedenoise.core.modes import MAX_STRENGTH, MODES
-from lib_safedenoise.webui import enforcement, server
+from lib_safedenoise.webui import server
 from lib_safedenoise.webui.args import GenerationArgs
 from lib_safedenoise.webui.keys import INFOTEXT_ENFORCED_KEY, INFOTEXT_ERROR_KEY, INFOTEXT_KEY, REPORT_KEY
 from tests.host_stub import webui_fixtures as wf
@@ -40,10 +40,7 @@ FAULT_STEP = 2  # 0-based sampler step at which an injected fault strikes
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """Latents of the same request on a server without enforcement: off, and with the enforced settings."""
-    webui = wf.start(tmp_path_factory.mktemp("open"))
-    off = webui.txt2img(**REQUEST)["p"].latents[0]
-    on = webui.txt2img(**REQUEST, safe_denoiser=enforcement.enforced_args((wf.BANK,)).to_script_args())
-    return off, on["p"].latents[0]
+    return wf.open_server_latents(tmp_path_factory.mktemp("open"), REQUEST)
 
 
 @pytest.fixture

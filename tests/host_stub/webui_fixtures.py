@@ -62,6 +62,17 @@ def start(tmp_path: Path, *, forge: bool = False, enforce: str | None = None, ap
     return webui
 
 
+def open_server_latents(folder: Path, request: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latents of ``request`` on a server without enforcement: extension off, and with the enforced
+    settings asked for by the request (what an enforced server must give at least)."""
+    from lib_safedenoise.webui import enforcement
+
+    webui = start(folder)
+    off = webui.txt2img(**request)["p"].latents[0]
+    on = webui.txt2img(**request, safe_denoiser=enforcement.enforced_args((BANK,)).to_script_args())
+    return off, on["p"].latents[0]
+
+
 def args(*, banks=(BANK,), strength=1.0, mode="default", window_end=0.25, threshold=-1.0) -> list:
     return GenerationArgs(True, tuple(banks), (strength,), mode, 0.0, 0.0, window_end, threshold).to_script_args()
 
@@ -73,12 +84,9 @@ def class_share(response: dict, digit: int) -> float:
     return float((predictions == digit).float().mean())
 
 
-class SixteenChannelModel(torch.nn.Module):
-    """An SD3-like checkpoint: the digits model seen through a pixel-unshuffle, so its latents have 16
-    channels at half the size; the WebUI marks such a model ``is_sd3`` (modules/sd_models.py)."""
+class WrappedDigitsModel(torch.nn.Module):
+    """The digits model seen as another checkpoint: subclasses change how its latents or pixels look."""
 
-    is_sd3 = True
-    latent_channels = 16
     parameterization = "eps"
 
     def __init__(self, inner):
@@ -88,6 +96,17 @@ class SixteenChannelModel(torch.nn.Module):
 
     def get_learned_conditioning(self, labels):
         return self.inner.get_learned_conditioning(labels)
+
+    def apply_model(self, x, t, cond, **kwargs):
+        return self.inner.apply_model(x, t, cond, **kwargs)
+
+
+class SixteenChannelModel(WrappedDigitsModel):
+    """An SD3-like checkpoint: the digits model seen through a pixel-unshuffle, so its latents have 16
+    channels at half the size; the WebUI marks such a model ``is_sd3`` (modules/sd_models.py)."""
+
+    is_sd3 = True
+    latent_channels = 16
 
     def apply_model(self, x, t, cond, **kwargs):
         return F.pixel_unshuffle(self.inner.apply_model(F.pixel_shuffle(x, 2), t, cond), 2)
