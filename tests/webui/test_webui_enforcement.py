@@ -9,10 +9,9 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 from webui_server import (EXTENSION_LINK_NAME, REPO_ROOT, SD1_BANK, Generation, base_payload, script_args,
-                          write_bank)
+                          write_bank, write_nan_bank)
 
 sys.path.insert(0, str(REPO_ROOT))
 from lib_safedenoise.webui import infotext, keys  # noqa: E402
@@ -100,8 +99,7 @@ def bad_reference_bank(request, enforced_webui):
     a file whose data no longer matches its recorded hash (bytes overwritten after writing). Removed afterwards."""
     name = f"webui-suite-bad-reference-{request.param}"
     if request.param == "nan-latents":
-        path = write_bank(enforced_webui.bank_dir, name, "sd1", role="reference",
-                          latents=torch.full((6, 4, 8, 8), float("nan")).half())
+        path = write_nan_bank(enforced_webui.bank_dir, name, "sd1", role="reference")
     else:
         path = write_bank(enforced_webui.bank_dir, name, "sd1", role="reference", seed=13)
         data = bytearray(path.read_bytes())

@@ -12,8 +12,8 @@ pytestmark = pytest.mark.webui
 WINDOW = (0.0, 0.5)  # of 3 steps: steps 1 and 2 (progress 0 and 0.5)
 
 # k-diffusion first order, k-diffusion second order (two model calls per step), and the timestep samplers
-# DDIM and UniPC: A1111 hands their CFG callbacks eps (CFGDenoiserTimesteps), Forge turns the timestep into a
-# sigma first and hands them x0 like every other sampler (CFGDenoiser.forward, classic_ddim_eps_estimation).
+# DDIM and UniPC: A1111 hands their CFG callbacks eps (CFGDenoiserTimesteps), Forge and reForge turn the timestep
+# into a sigma first and hand them x0 like every other sampler (CFGDenoiser.forward, classic_ddim_eps_estimation).
 SAMPLERS = ["Euler a", "Heun", "DDIM", "UniPC"]
 TIMESTEP_SAMPLERS = {"DDIM", "UniPC"}
 

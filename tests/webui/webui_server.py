@@ -9,12 +9,14 @@ the data dir (``config_states/``, ``__pycache__``), and ``WebUIServer.stop`` rem
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -363,17 +365,27 @@ def expected_fired_steps(steps: int, window: tuple[float, float]) -> list[int]:
     return [i + 1 for i in range(steps) if window[0] <= (i / (steps - 1) if steps > 1 else 0.0) <= window[1]]
 
 
-def write_bank(folder: Path, name: str, space_id: str, count: int = 6, seed: int = 7, *, role: str = "negation",
-               latents: torch.Tensor | None = None) -> Path:
-    """A bank of seeded random 4x8x8 latents (or ``latents``) declared to be in ``space_id`` (written with our own
-    writer, which stores what it is given: NaN latents too)."""
+def write_bank(folder: Path, name: str, space_id: str, count: int = 6, seed: int = 7, *,
+               role: str = "negation") -> Path:
+    """A bank of seeded random 4x8x8 latents declared to be in ``space_id`` (written with our own writer)."""
     space = spaces.latent_space(space_id)
-    if latents is None:
-        generator = torch.Generator().manual_seed(seed)
-        latents = torch.randn(count, space.channels, 8, 8, generator=generator).half()
+    generator = torch.Generator().manual_seed(seed)
+    latents = torch.randn(count, space.channels, 8, 8, generator=generator).half()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / (name + fileformat.BANK_SUFFIX)
-    meta = metadata.new_metadata(title=name, count=latents.shape[0], shape=tuple(latents.shape[1:]), space=space,
-                                 role=role)
+    meta = metadata.new_metadata(title=name, count=count, shape=(space.channels, 8, 8), space=space, role=role)
     fileformat.save_bank(path, meta, latents)
+    return path
+
+
+def write_nan_bank(folder: Path, name: str, space_id: str, *, role: str = "reference") -> Path:
+    """A well-formed bank whose latents are all NaN, its recorded hash matching (as another tool, or a writer
+    without our value check, would leave it): our writer refuses NaN, so its data is replaced afterwards."""
+    path = write_bank(folder, name, space_id, role=role)
+    header, data_offset, size = fileformat.read_raw_header(path)
+    data = b"\x00\x7e" * ((size - data_offset) // 2)  # float16 NaN
+    header["__metadata__"]["modelspec.hash_sha256"] = "0x" + hashlib.sha256(data).hexdigest()
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(struct.pack("<Q", len(text)) + text + data)
     return path

@@ -33,7 +33,7 @@ EXPECTED_IDS = [49406, 320, 1125, 539, 320, 2368, 49407]
 
 def bytes_to_unicode() -> dict[int, str]:
     """CLIP's byte -> printable-character table (``clip/simple_tokenizer.py``)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     cs = bs[:]
     n = 0
     for b in range(2 ** 8):

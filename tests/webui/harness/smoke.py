@@ -9,7 +9,8 @@ dir, in its own process group; wait until the log says the model is loaded (Forg
 ``GET /sdapi/v1/sd-models`` answers; ``POST /sdapi/v1/txt2img`` (64x64, 3 steps, ``Euler a``, seed 1234; on Forge
 this also loads the model); print the infotext; stop through ``/sdapi/v1/server-stop`` (Forge, reForge:
 ``server-kill``), then SIGINT, SIGTERM and SIGKILL to the process group it started if it is still running;
-remove what the WebUI created in its root. Exit status 0 when the image came back. The WebUI itself is not linked with this extension here.
+remove what the WebUI created in its root. Exit status 0 when the image came back. This extension is not linked
+into the WebUI here: the check is the host alone.
 """
 
 from __future__ import annotations
