@@ -31,6 +31,6 @@ def measure_build_throughput(*, images: int = 64, side: int = 96, resolution: in
         started = time.perf_counter()
         report = build_bank(folder, encoder, Path(folder, "bench.safetensors"), batch_size=batch_size)
         seconds = time.perf_counter() - started
-    return {"images": report.bank_count, "seconds": round(seconds, 4),
-            "images_per_second": round(report.bank_count / seconds, 2), "encoder": encoder.vae_name,
+    return {"images": report.bank_count, "seconds": seconds,
+            "images_per_second": report.bank_count / seconds, "encoder": encoder.vae_name,
             "source_size": f"{side}x{side}", "resolution": f"{resolution}x{resolution}", "batch_size": batch_size}
