@@ -1,5 +1,5 @@
 // Safe Denoiser: tooltips, the delete confirmation, the accordion's status line after each run, and the
-// tab's Build button held while chosen images are still uploading.
+// tab's Build button held while chosen images are still uploading (and a lost upload reported).
 // Every script of every extension shares the page's global scope: only names starting with safeDenoiser
 // are global; the rest lives in the closure below.
 
@@ -85,17 +85,21 @@ function safeDenoiserConfirmDelete(name, confirmed) {
         }
     }
 
-    function refreshStatusAfterRuns(root) {
-        // The WebUI rewrites #html_info_<tab> when a generation ends; then ask for our status line.
+    function refreshStatusAfterRuns(root, upload) {
+        // The WebUI rewrites #html_info_<tab> when a generation ends; then ask for our status line, but not
+        // while the tab is uploading images: an event that finishes meanwhile makes gradio drop the upload.
         for (var tab of ["txt2img", "img2img"]) {
             var info = root.querySelector("#html_info_" + tab);
             var button = root.querySelector("#safe_denoiser_" + tab + "_status_refresh");
             if (!info || !button) continue;
-            var timer = null;
             new MutationObserver(function(button) {
+                var timer = null;
+                var refresh = function() {
+                    if (upload.inFlight()) timer = setTimeout(refresh, 500); else button.click();
+                };
                 return function() {
                     clearTimeout(timer);
-                    timer = setTimeout(function() { button.click(); }, 300);
+                    timer = setTimeout(refresh, 300);
                 };
             }(button)).observe(info, {childList: true, subtree: true, characterData: true});
         }
@@ -111,20 +115,57 @@ function safeDenoiserConfirmDelete(name, confirmed) {
         return false;
     }
 
-    function holdBuildWhileUploading(root) {
+    function watchFinishedUploads(onFinished) {
+        // Calls onFinished(entry) for each /upload request the page completes (resource timing entries).
+        if (!window.PerformanceObserver) return;
+        new PerformanceObserver(function(list) {
+            for (var entry of list.getEntries()) {
+                if (/\/upload$/.test(new URL(entry.name, location.href).pathname)) onFinished(entry);
+            }
+        }).observe({type: "resource"});
+    }
+
+    var lostUploadText = "This upload was lost: another event finished while the images were uploading, and " +
+        "gradio 3.41 then drops the upload. Clear the list (×) and choose the images again.";
+
+    function holdBuildWhileUploading(root, upload) {
         // Build stays disabled while any chosen image is still uploading, so a bank is never built from
-        // half-sent files; it comes back when every file shows its size. Returns whether the tab was there.
+        // half-sent files; it comes back when every file shows its size. gradio 3.41's File drops an upload's
+        // result when any event finishes while it is in flight (it re-normalises its value, which is then no
+        // longer the one it uploaded), and its files stay "Uploading..." for good: an /upload request that has
+        // finished with our files still uploading a second later is such a loss, and the tab says what to do.
+        // Returns whether the tab was there.
         var files = root.querySelector("#safe_denoiser_tab_files");
         var build = root.querySelector("#safe_denoiser_tab_build");
         if (!files || !build) return false;
-        var held = false;
+        var note = document.createElement("div");
+        note.id = "safe_denoiser_tab_upload_lost";
+        note.className = "safe-denoiser-error";
+        files.insertAdjacentElement("afterend", note);
+        var pendingSince = null, lost = false, shown = "ready";
         var update = function() {
             var pending = uploadsPending(files);
-            if (pending === held) return;
-            held = pending;
+            if (!pending) lost = false;
+            if (pending && pendingSince === null) pendingSince = performance.now();
+            if (!pending) pendingSince = null;
+            var state = !pending ? "ready" : lost ? "lost" : "uploading";
+            if (state === shown) return;
+            shown = state;
             build.disabled = pending;
-            build.title = pending ? "Waiting for the images to finish uploading…" : tabHints["_build"];
+            build.title = state === "ready" ? tabHints["_build"] :
+                          state === "lost" ? lostUploadText : "Waiting for the images to finish uploading…";
+            note.textContent = state === "lost" ? lostUploadText : "";
         };
+        watchFinishedUploads(function(entry) {
+            if (pendingSince === null || entry.startTime < pendingSince - 1000) return;  // not this upload
+            setTimeout(function() {
+                if (pendingSince !== null && uploadsPending(files)) {
+                    lost = true;
+                    update();
+                }
+            }, 1000);
+        });
+        upload.inFlight = function() { return shown === "uploading"; };
         new MutationObserver(update).observe(files, {childList: true, subtree: true, characterData: true});
         update();
         return true;
@@ -133,12 +174,13 @@ function safeDenoiserConfirmDelete(name, confirmed) {
     onUiLoaded(function() {
         var root = gradioApp();
         applyHints(root);
-        refreshStatusAfterRuns(root);
-        var buildHeld = holdBuildWhileUploading(root);
+        var upload = {inFlight: function() { return false; }};  // the tab's image upload, once the tab is there
+        refreshStatusAfterRuns(root, upload);
+        var buildHeld = holdBuildWhileUploading(root, upload);
         // Controls shown later (a strength slider per selected bank) get their hints when they appear.
         var pending = null;
         new MutationObserver(function() {
-            if (!buildHeld) buildHeld = holdBuildWhileUploading(root);
+            if (!buildHeld) buildHeld = holdBuildWhileUploading(root, upload);
             clearTimeout(pending);
             pending = setTimeout(function() { applyHints(root); }, 250);
         }).observe(root, {childList: true, subtree: true});

@@ -105,6 +105,77 @@ def test_toggle_choose_a_bank_and_set_its_strength(webui):
     assert script_args(page)[0] is False
 
 
+def hold_uploads(page):
+    """Hold every /upload request the page sends (as a slow connection would) until released."""
+    held = []
+    page.route("**/upload", lambda route: held.append(route))
+    return held
+
+
+def choose_images(page, paths) -> None:
+    with page.expect_request("**/upload"):
+        page.set_input_files("#safe_denoiser_tab_files input[type=file]", [str(p) for p in paths])
+
+
+def test_status_refresh_waits_for_the_upload(webui):
+    """The status line refreshes after a generation, but not while the tab uploads images: an event finishing
+    during an upload makes gradio 3.41 drop it. The refresh goes out once the upload is through."""
+    page, _, _, photos = webui
+    page.click("#tabs button:has-text('Safe Denoiser')")
+    uploads = page.locator("#safe_denoiser_tab_files")
+    predicts = []
+    page.on("request", lambda request: predicts.append(request.url) if "/run/predict" in request.url else None)
+    held = hold_uploads(page)
+    try:
+        choose_images(page, [photos["coffee.jpg"]])
+        sync_api.expect(uploads).to_contain_text("Uploading")
+        page.evaluate("document.querySelector('#html_info_txt2img').append('generation finished')")
+        page.wait_for_timeout(1500)  # the refresh is due 300 ms after the WebUI's info changes
+        assert predicts == []
+        with page.expect_request("**/run/predict"):
+            held[0].continue_()
+    finally:
+        page.unroute("**/upload")
+    sync_api.expect(uploads.locator("tr.file td.download a")).to_have_count(1)
+    assert len(predicts) == 1
+    page.click("#safe_denoiser_tab_files button[aria-label=Clear]")
+    sync_api.expect(uploads).not_to_contain_text("coffee.jpg")
+
+
+def test_a_lost_upload_is_reported(webui):
+    """An event finishing during an upload (here the bank list's Refresh) makes gradio 3.41 drop the upload: its
+    files stay "Uploading..." for good. Build stays disabled and the tab says to choose the images again, which
+    then works."""
+    page, _, _, photos = webui
+    page.click("#tabs button:has-text('Safe Denoiser')")
+    uploads = page.locator("#safe_denoiser_tab_files")
+    build = page.locator("#safe_denoiser_tab_build")
+    lost = page.locator("#safe_denoiser_tab_upload_lost")
+    held = hold_uploads(page)
+    try:
+        choose_images(page, [photos["coffee.jpg"]])
+        with page.expect_websocket() as queued:  # a queued event: its own websocket, closed once it finished
+            page.click("#safe_denoiser_tab_refresh")
+        if not queued.value.is_closed():
+            queued.value.wait_for_event("close")
+        held[0].continue_()
+    finally:
+        page.unroute("**/upload")
+    sync_api.expect(lost).to_contain_text("This upload was lost")
+    sync_api.expect(build).to_be_disabled()
+    assert build.get_attribute("title").startswith("This upload was lost")
+    assert uploads.locator("tr.file td.download a").count() == 0
+    shot(page, "tab_upload_lost")
+    page.click("#safe_denoiser_tab_files button[aria-label=Clear]")
+    sync_api.expect(lost).to_have_text("")
+    sync_api.expect(build).to_be_enabled()
+    choose_images(page, [photos["coffee.jpg"]])
+    sync_api.expect(uploads.locator("tr.file td.download a")).to_have_count(1)
+    sync_api.expect(lost).to_have_text("")
+    page.click("#safe_denoiser_tab_files button[aria-label=Clear]")
+    sync_api.expect(uploads).not_to_contain_text("coffee.jpg")
+
+
 def test_build_a_bank_from_uploads_with_a_broken_file(webui):
     """Build waits for the upload: while the browser is still sending the files (held here, as a slow
     connection or a busy server would), each is listed as "Uploading..." and Build is disabled; once every
@@ -116,11 +187,9 @@ def test_build_a_bank_from_uploads_with_a_broken_file(webui):
     files = [photos["astronaut.png"], photos["coffee.jpg"], broken["truncated.jpg"][0], photos["chelsea.webp"]]
     uploads = page.locator("#safe_denoiser_tab_files")
     build = page.locator("#safe_denoiser_tab_build")
-    held = []
-    page.route("**/upload", lambda route: held.append(route))
+    held = hold_uploads(page)
     try:
-        with page.expect_request("**/upload"):
-            page.set_input_files("#safe_denoiser_tab_files input[type=file]", [str(f) for f in files])
+        choose_images(page, files)
         sync_api.expect(uploads).to_contain_text("truncated.jpg")
         sync_api.expect(uploads).to_contain_text("Uploading")
         sync_api.expect(build).to_be_disabled()
