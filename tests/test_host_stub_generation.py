@@ -111,9 +111,6 @@ def test_window_is_evaluated_at_its_steps_for_each_sampler_kind(webui, sampler, 
     assert infotext_params(response)[INFOTEXT_FIRED_KEY] == session.format_steps(fired)
 
 
-@pytest.mark.xfail(strict=True, reason="webui.hooks.sampler_step maps model calls to sampler steps by "
-                   "total_steps // steps, so PLMS's second model call in its first step shifts every later "
-                   "step by one (A1111 v1.10.1 behaves as the stub)")
 def test_plms_counts_its_two_first_step_calls_as_one_sampler_step(webui):
     response = webui.txt2img(prompt=str(NEGATED), seed=3, steps=10, sampler_name="PLMS", cfg_scale=2.0,
                              safe_denoiser=wf.args(window_end=1.0))

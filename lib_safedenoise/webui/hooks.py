@@ -112,9 +112,13 @@ def sampler_step(denoiser) -> tuple[int, int]:
 
     ``denoiser.step`` counts model calls and ``total_steps`` is ``steps`` doubled for second-order
     samplers (modules/sd_samplers_common.py); ``state.sampling_step`` lags a step behind and is not used.
-    For img2img and hires passes ``steps`` is what actually runs (``t_enc + 1``), not the slider value.
+    PLMS (modules/sd_samplers_timesteps_impl.py ``plms``, the sampler's ``funcname``) calls the model twice
+    in its first step and once in every later one. For img2img and hires passes ``steps`` is what actually
+    runs (``t_enc + 1``), not the slider value.
     """
     steps = denoiser.steps or denoiser.total_steps
+    if getattr(getattr(getattr(denoiser, "sampler", None), "funcname", None), "__name__", None) == "plms":
+        return min(max(denoiser.step - 1, 0), steps - 1), steps
     calls_per_step = max(1, denoiser.total_steps // steps)
     return min(denoiser.step // calls_per_step, steps - 1), steps
 

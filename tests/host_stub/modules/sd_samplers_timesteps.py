@@ -102,8 +102,7 @@ def plms(model, x, timesteps, extra_args=None, callback=None):
 
 class CompVisSampler(sd_samplers_common.Sampler):
     def __init__(self, funcname, sd_model):
-        super().__init__(funcname)
-        self.func = {"ddim": ddim, "plms": plms}[funcname]
+        super().__init__(funcname)  # the sampling function itself, as modules/sd_samplers_timesteps.py passes it
         self.model_wrap_cfg = CFGDenoiserTimesteps(self)
         self.model_wrap = self.model_wrap_cfg.inner_model
 
@@ -135,6 +134,6 @@ class CompVisSampler(sd_samplers_common.Sampler):
 
 samplers_data_timesteps = [
     sd_samplers_common.SamplerData(label, lambda model, funcname=funcname: CompVisSampler(funcname, model),
-                                   [funcname], {})
-    for label, funcname in (("DDIM", "ddim"), ("PLMS", "plms"))
+                                   aliases, {})
+    for label, funcname, aliases in (("DDIM", ddim, ["ddim"]), ("PLMS", plms, ["plms"]))
 ]
