@@ -14,16 +14,19 @@ class XyzAxis:
     label: str
     kind: type
     attribute: str  # set on ``p`` by xyz_grid.apply_field; read in ``process``
+    field: str  # the ``GenerationArgs`` field a cell replaces; "window" sets window_start and window_end
     choices: Callable[[], list[str]] | None = None
 
 
-def xyz_axes(mode_names: Callable[[], list[str]], bank_names: Callable[[], list[str]]) -> list[XyzAxis]:
+def xyz_axes(mode_names: Callable[[], list[str]] | None = None,
+             bank_names: Callable[[], list[str]] | None = None) -> list[XyzAxis]:
+    """The axes, with the dropdown choices of Mode and Bank when their listers are given."""
     return [
-        XyzAxis("[Safe Denoiser] Strength", float, "safe_denoiser_strength"),
-        XyzAxis("[Safe Denoiser] Mode", str, "safe_denoiser_mode", mode_names),
-        XyzAxis("[Safe Denoiser] Bandwidth", float, "safe_denoiser_bandwidth"),
-        XyzAxis("[Safe Denoiser] Window", str, "safe_denoiser_window"),
-        XyzAxis("[Safe Denoiser] Bank", str, "safe_denoiser_bank", bank_names),
+        XyzAxis("[Safe Denoiser] Strength", float, "safe_denoiser_strength", "strengths"),
+        XyzAxis("[Safe Denoiser] Mode", str, "safe_denoiser_mode", "mode", mode_names),
+        XyzAxis("[Safe Denoiser] Bandwidth", float, "safe_denoiser_bandwidth", "bandwidth"),
+        XyzAxis("[Safe Denoiser] Window", str, "safe_denoiser_window", "window"),
+        XyzAxis("[Safe Denoiser] Bank", str, "safe_denoiser_bank", "banks", bank_names),
     ]
 
 
@@ -35,10 +38,11 @@ def apply_xyz_overrides(args: GenerationArgs, p: Any) -> GenerationArgs:
     bad cell is a ``ValueError`` naming the field.
     """
     changes: dict[str, Any] = {}
-    for name, attribute in (("strengths", "safe_denoiser_strength"), ("mode", "safe_denoiser_mode"),
-                            ("bandwidth", "safe_denoiser_bandwidth"), ("banks", "safe_denoiser_bank")):
-        if (value := getattr(p, attribute, None)) is not None:
-            changes[name] = value
-    if (window := getattr(p, "safe_denoiser_window", None)) is not None:
-        changes["window_start"], changes["window_end"] = parse_window(str(window))
+    for axis in xyz_axes():
+        if (value := getattr(p, axis.attribute, None)) is None:
+            continue
+        if axis.field == "window":
+            changes["window_start"], changes["window_end"] = parse_window(str(value))
+        else:
+            changes[axis.field] = value
     return replace(args, **changes) if changes else args
