@@ -144,6 +144,16 @@ class GenerationArgs:
             return self.strengths[index]
         return self.strengths[0] if len(self.strengths) == 1 else 1.0
 
+    @property
+    def chosen_bandwidth(self) -> float | None:
+        """The bandwidth asked for, or None for the mode's own (the control's 0)."""
+        return self.bandwidth if self.bandwidth > 0 else None
+
+    @property
+    def chosen_threshold(self) -> float | None:
+        """The gate threshold asked for, or None for the mode's own or its calibration (a negative value)."""
+        return self.threshold if self.threshold >= 0 else None
+
     def to_script_args(self) -> list[Any]:
         """The positional form (the accordion's control values): strengths as their string."""
         return [self.enabled, list(self.banks), format_strengths(self.strengths), self.mode,

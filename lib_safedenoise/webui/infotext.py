@@ -32,14 +32,14 @@ def format_infotext(args: GenerationArgs, banks: Sequence[LatentBank], mode_name
     """
     bank_text = "|".join(f"{bank.name}@{bank.short_hash or '-'}*{format_number(args.strength_of(i))}"
                          for i, bank in enumerate(banks))
-    auto = lambda v: "auto" if v <= 0 else format_number(v)  # noqa: E731 - 0 / negative mean "mode default"
+    auto = lambda v: "auto" if v is None else format_number(v)  # noqa: E731 - None: the mode's own
     return "; ".join([
         f"banks={bank_text}",
         f"mode={mode_name}",
         f"engine={ENGINE_VERSION}",
         f"window={format_number(args.window_start)}-{format_number(args.window_end)}",
-        f"bandwidth={auto(args.bandwidth)}",
-        f"threshold={'auto' if args.threshold < 0 else format_number(args.threshold)}",
+        f"bandwidth={auto(args.chosen_bandwidth)}",
+        f"threshold={auto(args.chosen_threshold)}",
         *([] if reference is None else [f"reference={reference_text(reference)}"]),
     ])
 

@@ -66,13 +66,11 @@ class EngineSpec:
 
 
 def build_engine(engine_factory: Callable[..., Any], spec: EngineSpec):
-    """The engine of ``spec``: its banks and strengths, mode, bandwidth, window and threshold (the args'
-    0 bandwidth and negative threshold mean the mode's own)."""
+    """The engine of ``spec``: its banks and strengths, mode, bandwidth, window and threshold."""
     args = spec.args
     return engine_factory(negations=[(n.bank, n.strength) for n in spec.negations], mode=args.mode,
-                          bandwidth=args.bandwidth if args.bandwidth > 0 else None,
-                          window=(args.window_start, args.window_end),
-                          threshold=args.threshold if args.threshold >= 0 else None)
+                          bandwidth=args.chosen_bandwidth, window=(args.window_start, args.window_end),
+                          threshold=args.chosen_threshold)
 
 
 @dataclass
