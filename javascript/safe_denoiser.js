@@ -1,5 +1,6 @@
-// Safe Denoiser: tooltips, the delete confirmation, the accordion's status line after each run, and the
-// tab's Build button held while chosen images are still uploading (and a lost upload reported).
+// Safe Denoiser: tooltips, the delete confirmation, the "Negate this image" question, the accordion's status
+// line after each run, and the tab's Build button held while chosen images are still uploading (and a lost
+// upload reported).
 // Every script of every extension shares the page's global scope: only names starting with safeDenoiser
 // are global; the rest lives in the closure below.
 
@@ -8,6 +9,31 @@ function safeDenoiserConfirmDelete(name, confirmed) {
     if (!name) return [name, false];
     return [name, window.confirm('Delete the bank "' + name + '"? Its file is removed from the bank folder; ' +
                                  'this cannot be undone.')];
+}
+
+function safeDenoiserNegateImage(choices, gallery) {
+    // Called by the gallery's "Negate this image" button (gradio `_js`) once the server has put the bank
+    // choices ({banks: [{name, count}], default}) in `choices`; returns the handler's inputs [request,
+    // gallery], request being JSON {index, bank} or {cancelled: true}. The image is the gallery's selected one
+    // (the WebUI's selected_gallery_index(), javascript/ui.js), or its only one; without either nothing is
+    // asked and the server says what is missing.
+    var info = {};
+    try {
+        info = JSON.parse(choices || "{}");
+    } catch (error) {
+        info = {};
+    }
+    var count = gallery ? gallery.length : 0;
+    var index = typeof selected_gallery_index === "function" ? selected_gallery_index() : -1;
+    if (index < 0 && count === 1) index = 0;
+    if (count === 0 || index < 0 || index >= count) return [JSON.stringify({index: index, bank: ""}), gallery];
+    var banks = (info.banks || []).map(function(bank) { return bank.name + " (" + bank.count + ")"; });
+    var bank = window.prompt("Negate this image: add image " + (index + 1) + " of the gallery to the negation " +
+                             "bank below, so that generations using that bank avoid it.\n\nExisting negation " +
+                             "banks: " + (banks.length ? banks.join(", ") : "none yet") + ". A new name " +
+                             "creates a new bank.", info.default || "");
+    if (bank === null || !bank.trim()) return [JSON.stringify({cancelled: true}), gallery];
+    return [JSON.stringify({index: index, bank: bank.trim()}), gallery];
 }
 
 (function() {
@@ -23,12 +49,30 @@ function safeDenoiserConfirmDelete(name, confirmed) {
         "_threshold": "Smallest gate signal that triggers a correction. A negative value uses the mode's own.",
         "_window_start": "Fraction of the sampling steps actually run where correction starts (0 = first step).",
         "_window_end": "Fraction of the sampling steps actually run where correction stops (1 = last step).",
-        "_enforced": "Banks the server operator applies to every generation."
+        "_enforced": "Banks the server operator applies to every generation.",
+        "_negate_image": "Negate this image: add the selected image to a negation bank, so generations using that bank avoid it (asks which bank first)."
     };
     var tabHints = {
         "_name": "File name of the new bank in the bank folder (letters, digits, spaces, - _ . + ( )).",
         "_files": "Images of what to avoid. Broken files are reported and skipped. Only their latents are kept.",
         "_folder": "A folder on the server to read images from, instead of uploading them.",
+        "_recursive": "Read the folder's sub-folders too.",
+        "_from_outputs": "Fill the folder with the WebUI's txt2img outputs folder (and its dated sub-folders) and choose the role reference: your own generations as ordinary images.",
+        "_prompt": "What generations should avoid: the loaded model draws samples of it and keeps their latents.",
+        "_negative_prompt": "Negative prompt for those samples.",
+        "_samples": "How many samples to draw; it takes as long as generating that many images.",
+        "_prompt_role": "negation: the prompt is what to avoid. reference: the prompt shows ordinary images.",
+        "_prompt_name": "File name of the new bank in the bank folder.",
+        "_prompt_overwrite": "Rebuild a bank that already exists (an enforced bank is never replaced).",
+        "_prompt_build": "Draw the samples with the loaded model and save their latents as a bank. Generations wait meanwhile.",
+        "_own_reference": "Build the reference bank of this model family from the model's own samples of an empty prompt (once per family).",
+        "_prompt_cancel": "Stop drawing samples; nothing is written.",
+        "_prompt_sampler": "The WebUI's sampler to draw the samples with, by name (e.g. Euler, DPM++ 2M).",
+        "_prompt_steps": "Sampling steps of each sample.",
+        "_prompt_cfg": "CFG scale of each sample.",
+        "_prompt_width": "Width of the samples in pixels, a multiple of 8; 0 uses the loaded model's native size.",
+        "_prompt_height": "Height of the samples in pixels, a multiple of 8; 0 uses the loaded model's native size.",
+        "_prompt_seed": "Seed of the first sample; sample i uses seed + i, recorded on the bank's card. -1 picks one at random.",
         "_card_fields": "Describe the bank for whoever uses it: shown before it is installed or enabled.",
         "_card_title": "A readable title; the bank name is used when empty.",
         "_card_description": "What the images show and why a generation should avoid it.",

@@ -41,9 +41,17 @@ def app_started(demo, app):
     dependencies = host.api_auth_dependencies(app)
     if dependencies is None:  # the WebUI's API is off (no --api / --nowebui): so are ours
         return
-    from lib_safedenoise.webui import api
+    from lib_safedenoise.webui import api, negate_image
 
-    api.register_routes(app, api.BankService(api.Backend.from_host()), dependencies)
+    negator = negate_image.host_negator()
+    api.register_routes(app, negator.service, dependencies, extra_routes=[negate_image.add_route(negator)])
+
+
+def gallery_buttons():
+    from lib_safedenoise.webui import negate_image
+
+    return negate_image.GalleryButtons(negate_image.host_negator, host.tool_button_class())
 
 
 host.register_tab_callbacks(ui_tabs=ui_tabs, ui_settings=ui_settings, app_started=app_started)
+host.register_after_component(gallery_buttons())

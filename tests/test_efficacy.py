@@ -183,3 +183,80 @@ def test_bad_attack_budget_is_refused(capsys):
     with pytest.raises(SystemExit):
         efficacy.main(["--scenarios", "attack", "--attack-norm", "0"])
     assert "norm must be > 0" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def shipped_run():
+    return efficacy.evaluate(negate=NEGATE, seed=0, samples=16, sampler="euler", steps=6, cfg_scale=2.0,
+                             report_cfg=None, methods=["none", "default-as-shipped", "default-prompt-bank"], batch=16,
+                             collateral=[4], prompt_bank_size=12, own_reference_size=40, log=lambda m: None)
+
+
+def test_as_shipped_methods_report_every_metric_from_the_models_own_samples(shipped_run):
+    """A new user's banks are made from the model's own samples (12 of K, 40 unconditional), and both
+    methods run every scenario, the memorised one included (its bank: the memorised images themselves)."""
+    own = shipped_run["own_samples"]
+    assert own["prompt_bank_size"] == 12 and own["own_reference_size"] == 40
+    assert 0 <= own["claimed_judged_negated"] <= own["own_reference_judged_negated"] <= 40
+    assert own["own_reference_judged_negated"] >= 1  # 9 is the unconditional model's most frequent class
+    for name in ("default-as-shipped", "default-prompt-bank"):
+        metrics = shipped_run["methods"][name]
+        assert set(efficacy.REQUIRED_METRICS) <= set(metrics)
+        assert all(metrics[key] is not None for key in efficacy.REQUIRED_METRICS), name
+    none = shipped_run["methods"]["none"]
+    assert shipped_run["methods"]["default-as-shipped"]["negated_rate"] < none["negated_rate"]
+
+
+def test_own_sample_banks_are_the_models_samples_on_seeds_no_scenario_uses():
+    setup = efficacy.Setup("euler", 4, 8, 0, 8, 2.0, efficacy.digits.load_evaluator())
+    model = efficacy.digits.load_model()
+    banks = efficacy.own_sample_banks(setup, model, 3, prompt_bank_size=5, own_reference_size=6)
+    again, _ = efficacy.sample_latents(setup, model, efficacy.Intervention(), 3, count=5, cfg_scale=2.0,
+                                       seed_offset=efficacy.OWN_SAMPLES["prompt_bank"])
+    torch.testing.assert_close(banks["prompt_bank"].latents, again)
+    asked, _ = efficacy.sample_latents(setup, model, efficacy.Intervention(), 3, count=5, cfg_scale=2.0, seed_offset=1)
+    assert not torch.allclose(asked, again)  # scenario 1's seeds differ
+    assert banks["own_reference"].role == "reference" and banks["own_reference"].count == 6
+    with pytest.raises(ValueError, match="prompt-bank-size"):
+        efficacy.own_sample_banks(setup, model, 3, prompt_bank_size=0, own_reference_size=6)
+
+
+def test_targets_pool_each_class_over_its_seeds():
+    """Rates from pooled counts (the unconditional share also by its Wilson upper bound), the rest averaged:
+    2 of 400 (upper bound 1.8%) meets both unconditional targets, 4 of 400 (1%, upper bound 2.5%) only one."""
+    def run(seed, negate, uncond, drop):
+        none = {"negated_rate": 1.0, "collateral_accuracy_drop_pts": 0.0, "collateral_fid_increase_pct": 0.0,
+                "unconditional_share": 0.1, "memorised_rate": 0.4, "realism_confidence": 0.99}
+        mine = dict(none, negated_rate=0.05, unconditional_share=uncond, memorised_rate=0.0,
+                    collateral_accuracy_drop_pts=drop, realism_confidence=0.95)
+        return {"negate": negate, "seed": seed, "samples": 200, "methods": {"none": none, "x": mine}}
+
+    rows = efficacy.pooled_checks([run(0, 3, 0.0, 0.5), run(1, 3, 0.01, 1.4), run(0, 5, 0.01, 0.2),
+                                   run(1, 5, 0.01, 0.2)], "x")
+    assert [(row["negate"], row["seeds"]) for row in rows] == [(3, [0, 1]), (5, [0, 1])]
+    three, five = rows
+    assert three["metrics"]["unconditional_share"] == pytest.approx(2 / 400)
+    assert three["metrics"]["unconditional_share_upper"] == pytest.approx(wilson(2, 400)[1], abs=1e-6)
+    assert three["metrics"]["collateral_accuracy_drop_pts"] == pytest.approx(0.95)
+    assert all(three["checks"].values())
+    assert five["metrics"]["unconditional_share_upper"] == pytest.approx(wilson(4, 400)[1], abs=1e-6)
+    assert [title for title, ok in five["checks"].items() if not ok] == ["uncond Wilson upper <= 2%"]
+    table = efficacy.pooled_table(rows)
+    assert "| 3 | 0,1 |" in table and table.count("MISSED") == 1 and "met in 1 of 2 classes" in table
+
+
+def test_several_seeds_pool_the_target_method_per_class(tmp_path, capsys):
+    path = tmp_path / "pooled.json"
+    code = efficacy.main(["--negate", "7", "--seed", "0", "1", "--samples", "8", "--steps", "4", "--report-cfg", "0",
+                          "--collateral", "2", "--methods", "none", "default-as-shipped", "--target-method",
+                          "default-as-shipped", "--prompt-bank-size", "6", "--own-reference-size", "12",
+                          "--json", str(path)])
+    assert code == 0
+    result = json.loads(path.read_text())
+    assert result["target_method"] == "default-as-shipped" and len(result["targets"]) == 2
+    [row] = result["pooled"]
+    rates = [run["methods"]["default-as-shipped"]["negated_rate"] for run in result["runs"]]
+    assert row["seeds"] == [0, 1] and row["metrics"]["negated_rate"] == pytest.approx(sum(rates) / 2, abs=1e-6)
+    assert "Pooled over the seeds of each class" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # a target method that does not run
+        efficacy.main(["--methods", "none", "--target-method", "default", "--samples", "4"])

@@ -79,12 +79,14 @@ def test_posterior_mode_swaps_the_unsafe_denoiser_weighted_by_the_posterior(with
     """x0_hat + gain * strength * pi * (E_s - E_u): E_u, E_s smoothed-kernel denoisers at x; pi judged at
     x0_hat (kernels noised to tau) with a reference bank, at x against the Gaussian background without."""
     bank, x0_hat, x = bank_and_inputs(count=30)
-    other = LatentBank("other", bank.latents[:20] + 0.3, role="reference")
+    fresh = torch.randn(10, 4, 8, 8, generator=torch.Generator().manual_seed(5)) + 1.0  # apart from the bank
+    given = LatentBank("other", torch.cat([bank.latents[:10] + 0.3, fresh]), role="reference")
     spread, sigma, strength, gain, prior, temperature, coarseness = 0.4, 1.5, 0.5, 3.0, 0.7, 2.0, 2.5
     engine = SafeDenoiser([(bank, strength)], mode="posterior", window=(0, 1), threshold=0.0, bandwidth=spread,
-                          reference=other if with_reference else None,
+                          reference=given if with_reference else None,
                           options={"gain": gain, "prior_odds": prior, "temperature": temperature,
                                    "prediction_spread": coarseness})
+    other = LatentBank("other", fresh, role="reference")  # what is left once the bank claims its 10 near twins
     out = engine.correct_x0(x0_hat, x, sigma, 0, 1)
     h = math.sqrt(sigma ** 2 + spread ** 2)
 
@@ -171,18 +173,21 @@ def test_posterior_engine_holds_each_banks_posterior_across_steps():
 
 
 def test_contrastive_against_itself_gives_the_prior_odds():
-    """Same bank as negation and reference: the likelihood ratio is 1, so beta = strength * prior odds."""
+    """Same bank as negation and reference: the likelihood ratio is 1, so beta = strength * prior odds.
+    (The engine would drop every item of such a reference, as the negation bank claims them all: the mode
+    itself is called here.)"""
     bank, x0_hat, x = bank_and_inputs()
-    reference = LatentBank("same", bank.latents, role="reference")
-    engine = SafeDenoiser([(bank, 0.5)], mode="contrastive", window=(0, 1), reference=reference, bandwidth=0.4,
-                          options={"prior_odds": 0.6})
+    mode = MODES["contrastive"]
     sigma = 2.0
-    out = engine.correct_x0(x0_hat, x, sigma, 0, 1)
+    step = Step(x0_hat.flatten(1), x.flatten(1), torch.full((3,), sigma), tuple(x0_hat.shape), 0.0, (0, 1, 2))
+    effect = mode.correct(step, bank.latents, 0.5, mode.settings(bandwidth=0.4, options={"prior_odds": 0.6}),
+                          reference=bank.latents.clone(), memory={})
     beta = 0.5 * 0.6
     h_sq = sigma ** 2 + 0.4 ** 2
     unsafe = (sigma ** 2 / h_sq) * unsafe_denoiser(x, math.sqrt(h_sq), bank) + (0.4 ** 2 / h_sq) * x
-    torch.testing.assert_close(out, x0_hat + beta * (x0_hat - unsafe), rtol=1e-5, atol=1e-5)
-    assert all(r[0].beta == pytest.approx(beta, rel=1e-5) for r in engine.report.images.values())
+    torch.testing.assert_close((x0_hat.flatten(1) + effect.delta).reshape(x0_hat.shape),
+                               x0_hat + beta * (x0_hat - unsafe), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(effect.beta, torch.full((3,), beta), rtol=1e-5, atol=0)
 
 
 def test_contrastive_knobs_cap_temperature_strength_threshold():

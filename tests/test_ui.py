@@ -136,7 +136,7 @@ def test_build_streams_progress_reports_every_file_and_deletes_the_uploads(sessi
                                                          for p in paths])  # what the handler receives
     temporary = [Path(u.name) for u in uploads] + [Path(u.file.name) for u in uploads]
     assert all(t.exists() for t in temporary) and not set(temporary) & set(paths)
-    updates = list(handlers.build(uploads, "", "mixed", False, "negation", "Mixed", "", "", "", ""))
+    updates = list(handlers.build(uploads, "", "mixed", False, "negation", False, "Mixed", "", "", "", ""))
     progress, report, rows, dropdown, upload_field = updates[-1]
     assert locked and all(locked)
     assert "4 / 4 files" in progress
@@ -153,12 +153,12 @@ def test_build_refuses_missing_names_both_sources_and_server_folders_when_hidden
     session = ui_session.start(tmp_path, hide_ui_dir_config=True)
     handlers = tab.TabHandlers(api.BankService(session.backend))
     photos = write_photos(tmp_path / "folder")
-    (_, first, *_), = list(handlers.build([], "", "x", False, "negation", *[""] * 5))
+    (_, first, *_), = list(handlers.build([], "", "x", False, "negation", False, *[""] * 5))
     assert "Give the bank a name" not in first and "Upload images or name a server folder" in first
-    (_, report, *_), = list(handlers.build([], str(tmp_path / "folder"), "x", False, "negation", *[""] * 5))
+    (_, report, *_), = list(handlers.build([], str(tmp_path / "folder"), "x", False, "negation", False, *[""] * 5))
     assert "reading server folders is disabled" in report
     (_, report, *_, upload_field), = list(handlers.build(uploads_of([photos["coffee.jpg"]]), str(tmp_path / "folder"),
-                                                          "x", False, "negation", *[""] * 5))
+                                                          "x", False, "negation", False, *[""] * 5))
     assert "not both" in report and upload_field == gr.update() and photos["coffee.jpg"].exists()
     assert session.backend.store().names() == []
     tab_blocks = tab.build_tab(session.backend)  # on_ui_tabs runs before the page's own Blocks opens
@@ -213,7 +213,7 @@ def test_delete_needs_confirmation_and_enforced_banks_stay(tmp_path):
     note = next(b for b in page.blocks.values() if getattr(b, "elem_id", None) == "safe_denoiser_img2img_enforced")
     assert "guarded" in note.value
     replaced = list(handlers.build(uploads_of([write_photos(tmp_path / "again")["coffee.jpg"]]), "", "guarded",
-                                   True, "negation", *[""] * 5))[-1]
+                                   True, "negation", False, *[""] * 5))[-1]
     assert "enforced" in replaced[1]
 
 
@@ -283,3 +283,45 @@ def test_every_visible_control_has_a_hint(session):
                 for b in controls}
     assert "_build" in suffixes and "_banks" in suffixes and "_files" in suffixes
     assert suffixes - hinted == set()
+
+
+SAMPLING = ("Euler", 6, 2.0, 0, 0, 5)  # the "Sampling" accordion: sampler, steps, CFG, width, height, seed
+
+
+def test_build_from_a_prompt_streams_sample_progress_and_lists_the_new_bank(tmp_path):
+    from tests.host_stub import webui_fixtures as wf
+
+    webui = wf.start(tmp_path)
+    handlers = tab.TabHandlers(api.BankService(api.Backend.from_host()))
+    updates = list(handlers.build_from_prompt("3", "", 3, "negation", "threes", False, *SAMPLING, "Threes", *[""] * 4))
+    progress, report, rows, dropdown = updates[-1]
+    assert "3 / 3 samples" in progress and "Bank threes" in report and "3 images" in report and "<table" not in report
+    assert sorted(row[0] for row in rows) == [wf.BANK, "threes"] and dropdown["value"] == "threes"
+    meta = api.BankService(api.Backend.from_host()).inspect("threes")["metadata"]
+    assert meta["title"] == "Threes" and meta["generation"]["prompt"] == "3" and meta["generation"]["samples"] == 3
+    assert (meta["generation"]["steps"], meta["generation"]["seed"], meta["generation"]["cfg_scale"]) == (6, 5, 2.0)
+    (_, refused, *_), = list(handlers.build_from_prompt("3", "", 0, "negation", "none", False, *SAMPLING, *[""] * 5))
+    assert "samples must be a whole number from 1" in refused
+    *_, (_, exists, _, _) = list(handlers.build_from_prompt("3", "", 1, "negation", "threes", False, *SAMPLING, *[""] * 5))
+    assert "already exists" in exists and "safe-denoiser-error" in exists
+    assert sorted(p.name for p in webui.bank_dir.iterdir()) == [f"{wf.BANK}.safetensors", "threes.safetensors"]
+
+
+def test_reference_from_the_outputs_folder_reads_its_dated_sub_folders(session, tmp_path):
+    from modules import shared
+
+    outputs = tmp_path / "outputs" / "txt2img-images"
+    write_photos(outputs / "2026-11-29")
+    write_photos(outputs / "2026-11-30")
+    shared.opts.data["outdir_txt2img_samples"] = str(outputs)
+    shared.opts.data["outdir_samples"] = ""
+    handlers = tab.TabHandlers(api.BankService(session.backend))
+    folder, role, recursive, name, message = handlers.reference_from_outputs()
+    assert (folder, role, recursive, name) == (str(outputs), "reference", True, "reference-my-outputs")
+    *_, (progress, report, rows, _, _) = list(handlers.build(None, folder, name, False, role, recursive,
+                                                             *[""] * 5))
+    count = len(write_photos(tmp_path / "count"))
+    assert f"{2 * count} / {2 * count} files" in progress and [row[0] for row in rows] == ["reference-my-outputs"]
+    assert session.backend.store().inspect("reference-my-outputs")["role"] == "reference"
+    shared.opts.data["outdir_samples"] = str(tmp_path / "all-outputs")  # "Output directory for images" wins
+    assert handlers.reference_from_outputs()[0] == str(tmp_path / "all-outputs")

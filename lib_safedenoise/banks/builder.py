@@ -408,6 +408,43 @@ def _take(source: Source, label: str, folder: Path | None, extensions: set[str],
     return FileResult(label, "added", note, digest)
 
 
+# --------------------------------------------------------------------------- generated latents
+
+def write_generated_bank(latents: torch.Tensor, dest: str | os.PathLike, *, space: spaces.LatentSpace,
+                         generation: dict, role: str = "negation", overwrite: bool = False,
+                         title: str | None = None, description: str = "", author: str = "", license: str = "",
+                         usage_hint: str = "", model_family: str = "", vae_name: str = "", vae_hash: str = "",
+                         dtype: torch.dtype = torch.float16) -> BuildReport:
+    """Write ``latents`` ``[N, C, H, W]``, the final latents of a model's own samples, as the bank ``dest``.
+
+    No image was encoded, so the card says ``encode_mode = generated`` and ``generation`` (validated by
+    ``metadata.validate_generation``) records how to make the same latents again; the VAE fields name the VAE
+    that decodes them. An existing ``dest`` is replaced only with ``overwrite`` (``BankExistsError``
+    otherwise); the write is atomic, and non-finite latents are refused with nothing written.
+    """
+    started = time.perf_counter()
+    dest = Path(dest)
+    dest = dest.with_name(sanitize_name(dest.name) + fileformat.BANK_SUFFIX)
+    if dest.exists() and not overwrite:
+        raise BankExistsError(f"{dest.name} already exists; ask to replace it (nothing was changed)")
+    metadata.check_card({"title": title, "description": description, "author": author, "license": license,
+                         "usage_hint": usage_hint})
+    metadata.validate_generation(generation)
+    if latents.ndim != 4 or latents.shape[0] < 1 or latents.shape[1] != space.channels:
+        raise BankError(f"generated latents have shape {tuple(latents.shape)}; expected [N, {space.channels}, H, W] "
+                        f"{space.title} latents with N >= 1")
+    if not torch.isfinite(latents).all():
+        raise BankError("the generated latents hold NaN or Inf values; nothing was written")
+    meta = metadata.new_metadata(
+        title=title or dest.stem, count=latents.shape[0], shape=tuple(latents.shape[1:]), space=space, role=role,
+        description=description, author=author, license=license, usage_hint=usage_hint,
+        model_family=model_family, vae_name=vae_name, vae_hash=vae_hash, encode_mode=metadata.GENERATED,
+        generation=generation)
+    meta = fileformat.write_bank(dest, meta, [TensorData.of("latents", latents.detach().to("cpu", dtype))])
+    return BuildReport(path=str(dest), bank_count=meta.count, short_hash=meta.short_hash,
+                       seconds=time.perf_counter() - started)
+
+
 # --------------------------------------------------------------------------- merging
 
 def merge_banks(paths: Sequence[str | os.PathLike], dest: str | os.PathLike, *, title: str | None = None,
@@ -494,6 +531,9 @@ def merge_banks(paths: Sequence[str | os.PathLike], dest: str | os.PathLike, *, 
                                                     header.meta.hash_sha256, "count": header.meta.count}))
     meta = replace(first, title=title or first.title, count=count, source_sha256=tuple(hashes),
                    merged_from=merged_from, categories=categories,
+                   # a generation record describes every row only if every input was made the same way
+                   generation=first.generation if all(h.meta.generation == first.generation for h in headers)
+                   else {},
                    settings=metadata.validate_settings(settings) if settings is not None else first.settings,
                    date=metadata.utc_now())
     if not any(hashes):

@@ -20,6 +20,11 @@ SHORT_HASH_LENGTH = 12
 ARCHITECTURE_SUFFIX = "/safe-denoiser-bank"
 IMPLEMENTATION = "sd-webui-safe-denoiser"
 ENCODE_MODES = ("mean", "sample")
+"""How an encoder turns an image into a latent: the VAE posterior's mean, or a draw from it."""
+GENERATED = "generated"
+"""``sdn_encode_mode`` of a bank whose latents a model generated (no image was encoded); ``sdn_generation``
+records how."""
+STORED_ENCODE_MODES = (*ENCODE_MODES, GENERATED)
 HASH_RE = re.compile(r"0x[0-9a-f]{64}")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
@@ -28,7 +33,7 @@ _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 class Key:
     attr: str
     key: str
-    kind: str  # str, int, float, bool, hash, sha256-list, object-list, object-of-objects, string-map
+    kind: str  # str, int, float, bool, hash, sha256-list, object-list, object-of-objects, string-map, generation
     required: bool
     doc: str
 
@@ -59,7 +64,9 @@ SCHEMA: tuple[Key, ...] = (
     Key("vae_hash", "sdn_vae_hash", "str", False, "VAE identity: hash of its weights, as the host reports it"),
     Key("scaling_factor", "sdn_vae_scaling_factor", "float", True, "latent = (vae output - shift) * scale"),
     Key("shift_factor", "sdn_vae_shift_factor", "float", False, "see scaling_factor (0 when absent)"),
-    Key("encode_mode", "sdn_encode_mode", "str", True, f"one of {ENCODE_MODES}: posterior mean or a sample"),
+    Key("encode_mode", "sdn_encode_mode", "str", True,
+        f"one of {STORED_ENCODE_MODES}: the VAE posterior's mean or a sample of it, or ``{GENERATED}``: the "
+        "final latents of the model's own samples"),
     Key("encode_seed", "sdn_encode_seed", "int", False, "seed of a ``sample`` encoding (absent: unknown)"),
     Key("source_resolution", "sdn_source_resolution", "str", False, "``<W>x<H>`` pixels fed to the encoder"),
     Key("resize_policy", "sdn_resize_policy", "str", False, "how sources were fitted to that resolution"),
@@ -73,6 +80,12 @@ SCHEMA: tuple[Key, ...] = (
     Key("settings", "sdn_settings", "object-of-objects", False,
         "JSON object: mode name -> that mode's recommended parameters"),
     Key("categories", "sdn_categories", "string-map", False, "JSON object: label id (string) -> name"),
+    Key("generation", "sdn_generation", "generation", False,
+        "JSON object, for a generated bank: how to make it again. ``prompt``, ``negative_prompt``, ``styles`` "
+        "(as asked) and ``prompt_used``/``negative_prompt_used`` (after styles), ``model``, ``model_hash``, "
+        "``sampler``, ``scheduler``, ``steps``, ``cfg_scale``, ``width``, ``height``, ``batch_size``, ``seed`` "
+        "(sample i used seed + i), ``samples``, ``host``, and ``enforced``: the banks whose enforced correction "
+        "ran during the generation (``[]``: none)"),
 )
 _BY_KEY = {k.key: k for k in SCHEMA}
 
@@ -91,6 +104,8 @@ MAX_SETTINGS_MODES, MAX_SETTINGS_PARAMETERS, MAX_SETTINGS_CHARS = 32, 64, 16_384
 """Recommended settings: modes, parameters per mode, and the size of the whole JSON object."""
 MAX_MERGED_FROM = 10_000
 """Provenance entries (each append or merge adds one per input bank)."""
+MAX_GENERATION_KEYS, MAX_GENERATION_CHARS = 32, 65_536
+"""``sdn_generation``: its fields, and the size of the whole JSON object (prompts can be long)."""
 
 
 def _too_long(what: str, length: int, limit: int, unit: str = "characters") -> BankFormatError:
@@ -150,6 +165,7 @@ class BankMetadata:
     merged_from: tuple[dict, ...] = ()
     settings: dict = field(default_factory=dict)
     categories: dict = field(default_factory=dict)
+    generation: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -197,7 +213,7 @@ def _format_value(kind: str, value: Any) -> str:
         return repr(float(value))
     if kind in ("sha256-list", "object-list"):
         return json.dumps(list(value), separators=(",", ":"), sort_keys=True)
-    if kind in ("object-of-objects", "string-map"):
+    if kind in ("object-of-objects", "string-map", "generation"):
         return json.dumps(value, separators=(",", ":"), sort_keys=True)
     return str(value)
 
@@ -248,6 +264,8 @@ def _parse_value(key: Key, text: str) -> Any:
         return tuple(value)
     if key.kind == "object-of-objects":
         return validate_settings(value, what=f"metadata {key.key}")
+    if key.kind == "generation":
+        return validate_generation(value, what=f"metadata {key.key}")
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
         raise fail("expected a JSON object of strings")
     if len(value) > MAX_CATEGORIES:
@@ -278,6 +296,25 @@ def validate_settings(settings: Any, *, what: str = "settings") -> dict[str, dic
     return settings
 
 
+def validate_generation(generation: Any, *, what: str = "generation record") -> dict[str, Any]:
+    """How a generated bank was made (``sdn_generation``): a JSON object of at most ``MAX_GENERATION_KEYS``
+    fields, each a string, number, boolean, null or list of strings, within ``MAX_GENERATION_CHARS`` of JSON."""
+    def plain(value: Any) -> bool:
+        return value is None or isinstance(value, (str, bool, int)) or (isinstance(value, float)
+                                                                        and math.isfinite(value))
+
+    if not isinstance(generation, dict) or not all(
+            isinstance(k, str) and (plain(v) or isinstance(v, list) and all(isinstance(i, str) for i in v))
+            for k, v in generation.items()):
+        raise BankFormatError(f"{what}: expected a JSON object of strings, numbers, booleans or lists of strings")
+    if len(generation) > MAX_GENERATION_KEYS:
+        raise _too_long(what, len(generation), MAX_GENERATION_KEYS, "fields")
+    size = len(json.dumps(generation, separators=(",", ":")))
+    if size > MAX_GENERATION_CHARS:
+        raise _too_long(f"{what} (as JSON)", size, MAX_GENERATION_CHARS)
+    return generation
+
+
 def parse_metadata(raw: Any) -> BankMetadata:
     """Parse a ``__metadata__`` map; anything malformed raises ``BankFormatError`` naming the key."""
     if not isinstance(raw, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
@@ -303,8 +340,9 @@ def parse_metadata(raw: Any) -> BankMetadata:
     meta = BankMetadata(**values)
     if meta.role not in ROLES:
         raise BankFormatError(f"metadata sdn_role = {meta.role!r}: must be one of {ROLES}")
-    if meta.encode_mode not in ENCODE_MODES:
-        raise BankFormatError(f"metadata sdn_encode_mode = {meta.encode_mode!r}: must be one of {ENCODE_MODES}")
+    if meta.encode_mode not in STORED_ENCODE_MODES:
+        raise BankFormatError(f"metadata sdn_encode_mode = {meta.encode_mode!r}: must be one of "
+                              f"{STORED_ENCODE_MODES}")
     if meta.count < 1 or meta.channels < 1 or meta.height < 1 or meta.width < 1:
         raise BankFormatError(f"bank shape {meta.shape} must be positive")
     space = LATENT_SPACES.get(meta.latent_space)

@@ -15,9 +15,10 @@ import os
 import re
 import shutil
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from lib_safedenoise.banks import builder, fileformat, legacy, metadata, presets
 from lib_safedenoise.banks.errors import BankCompatibilityError, BankError, BankExistsError, BankNameError
@@ -229,9 +230,10 @@ class BankStore:
         self.save_settings(bank, preset.settings, **{k: v for k, v in preset.card.items() if v})
         return bank
 
-    def build(self, inputs: Any, encoder: Encoder, name: str, *, append: bool = False, overwrite: bool = False,
-              **options: Any) -> BuildReport:
-        """Build (or append to) bank ``name``; see ``builder.build_bank`` for ``options``."""
+    @contextmanager
+    def building(self, name: str, *, overwrite: bool = False, append: bool = False) -> Iterator[Path]:
+        """Reserve bank ``name`` for a write that takes a while; yields its path. Refused before any work
+        when it is already being built, or exists and neither ``overwrite`` nor ``append`` is given."""
         clean = sanitize_name(name)
         with self._lock:
             if clean in self._building:
@@ -240,11 +242,16 @@ class BankStore:
                 self._claim(clean, overwrite)
             self._building.add(clean)
         try:
-            return builder.build_bank(inputs, encoder, self.path_of(clean), append=append, overwrite=overwrite,
-                                      **options)
+            yield self.path_of(clean)
         finally:
             with self._lock:
                 self._building.discard(clean)
+
+    def build(self, inputs: Any, encoder: Encoder, name: str, *, append: bool = False, overwrite: bool = False,
+              **options: Any) -> BuildReport:
+        """Build (or append to) bank ``name``; see ``builder.build_bank`` for ``options``."""
+        with self.building(name, overwrite=overwrite, append=append) as path:
+            return builder.build_bank(inputs, encoder, path, append=append, overwrite=overwrite, **options)
 
     def merge(self, names: Iterable[str], into: str, *, overwrite: bool = False, **options: Any) -> BankMetadata:
         with self._lock:

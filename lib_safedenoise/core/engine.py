@@ -17,6 +17,7 @@ from lib_safedenoise import ENGINE_VERSION
 from .kernel import KernelRecord, derived, per_image, reading
 from .latent_bank import LatentBank
 from .modes import MODES, BankEffect, Step, resolve_mode
+from .reference import filtered_reference
 from .schedule import in_window, step_progress, validate_window
 
 
@@ -78,7 +79,11 @@ class SafeDenoiser:
     ``mode``: a name from ``modes.MODES`` or ``"default"``; ``mode_name`` holds the concrete name.
     ``bandwidth``, ``window`` (fractions of the sampling steps, see ``schedule``), ``threshold``: override
     the mode's defaults (``None`` keeps them; see ``modes.Mode`` and each mode's documentation).
-    ``reference``: a bank of ordinary images (role ``"reference"``) for modes that use one.
+    ``reference``: a bank of ordinary images (role ``"reference"``) for modes that use one. Its items that
+    the union of the negation banks claims (``reference.claimed``: a leave-one-out kernel posterior at each
+    clean item) are dropped once, here, so a reference made of the model's own ordinary samples, which holds
+    some of the negated content, can be used as it is; ``reference_claimed`` counts them, ``reference``
+    holds what is used (``None`` when every item was claimed: the mode's own background then serves).
     ``options``: the mode's further knobs (``MODES[name].options``), e.g. ``{"gain": 2.0}``.
 
     Banks are adapted to each call's device, dtype and latent size with ``LatentBank.adapted`` (cached
@@ -91,6 +96,7 @@ class SafeDenoiser:
                  options: dict | None = None):
         self.mode_name = resolve_mode(mode)
         self.mode = MODES[self.mode_name]
+        self.reference_claimed = 0
         self.version = ENGINE_VERSION
         self.settings = self.mode.settings(bandwidth=bandwidth, window=window, threshold=threshold,
                                            options=options)
@@ -112,6 +118,11 @@ class SafeDenoiser:
             if reference.channel_normalized:
                 raise ValueError(f"reference bank {reference.name!r} holds channel-normalised latents, "
                                  f"which mode {self.mode_name!r} cannot use")
+            # items of the reference that the negation banks claim would be safe estimates of the negated
+            # content itself: dropped once, before sampling (``reference.filtered_reference``)
+            reference, self.reference_claimed = filtered_reference(
+                reference, [bank for bank, strength in self.negations if strength > 0],
+                bandwidth=self.settings.bandwidth, prior_odds=float(self.settings.options.get("prior_odds", 1.0)))
         self.reference = reference
         self.report = CorrectionReport(self.mode_name, self.describe())
         self._memories = [{} for _ in self.negations]  # per negation bank: each mode's ``memory``

@@ -29,7 +29,7 @@ from typing import Any, Callable, ContextManager, Iterable, Iterator, List, Opti
 
 from pydantic import BaseModel, Field
 
-from lib_safedenoise.webui import args, enforcement, keys, server, session
+from lib_safedenoise.webui import args, enforcement, keys, prompt_bank, server, session
 from lib_safedenoise.banks.store import BankStore, upload_file_name
 from lib_safedenoise.banks.errors import BankError
 from lib_safedenoise.banks.fileformat import BANK_SUFFIX
@@ -56,6 +56,11 @@ class Backend:
     mode_names: Callable[[], list[str]]
     default_enabled: Callable[[], bool]
     default_banks: Callable[[], list[str]]
+    # the WebUI's txt2img processing (``host.txt2img_latents``); None where there is none (prompt banks refused)
+    generate: Optional[Callable[..., dict]] = None
+    interrupt: Callable[[], None] = lambda: None  # stop the running generation (the Interrupt button)
+    outputs_folder: Callable[[], str] = lambda: ""  # where txt2img saves its images ("" when unknown)
+    host_name: Callable[[], str] = lambda: ""
 
     @classmethod
     def from_host(cls) -> "Backend":
@@ -69,7 +74,9 @@ class Backend:
                    mode_names=server.mode_names,
                    default_enabled=lambda: bool(host.opts_value(keys.SETTING_DEFAULT_ENABLED, False)),
                    default_banks=lambda: list(args.parse_bank_list(
-                       host.opts_value(keys.SETTING_DEFAULT_BANKS, []))))
+                       host.opts_value(keys.SETTING_DEFAULT_BANKS, []))),
+                   generate=host.txt2img_latents, interrupt=host.interrupt_generation,
+                   outputs_folder=host.txt2img_outputs_folder, host_name=host.host_kind)
 
 
 class BankNotFound(BankError):
@@ -120,11 +127,13 @@ class BankService:
         return clean
 
     def build(self, sources: Iterable[Any], name: str, *, overwrite: bool = False, role: str = "negation",
-              progress: Progress | None = None, card: dict[str, str] | None = None) -> BuildReport:
+              progress: Progress | None = None, card: dict[str, str] | None = None,
+              append: bool = False, recursive: bool = False) -> BuildReport:
         """Encode ``sources`` (``(file name, bytes)`` uploads, or paths) with the loaded model's VAE.
 
         ``role`` is ``negation`` (what to avoid) or ``reference`` (ordinary images, the safe side that
-        the default mode contrasts against).
+        the default mode contrasts against). ``append`` adds to the bank if it exists (keeping its role).
+        ``recursive``: a folder's sub-folders are read too.
 
         The WebUI's queue lock is held for the whole build, so every image is encoded by the same model.
         """
@@ -135,9 +144,35 @@ class BankService:
         try:
             with self.backend.gpu_lock():
                 encoder = self.backend.encoder()
-                return store.build(list(sources), encoder, clean, overwrite=overwrite, role=role,
-                                   progress=progress, cancel=cancel,
+                return store.build(list(sources), encoder, clean, overwrite=overwrite, role=role, append=append,
+                                   recursive=recursive, progress=progress, cancel=cancel,
                                    **{k: v for k, v in (card or {}).items() if v})
+        finally:
+            self._cancels.discard(cancel)
+
+    def build_from_prompt(self, request: prompt_bank.PromptBankRequest, *,
+                          progress: Progress | None = None) -> BuildReport:
+        """Generate ``request.samples`` samples of a prompt with the loaded model through the WebUI's txt2img
+        processing and write their latents as bank ``request.name`` (``prompt_bank.generate_bank``). An empty
+        name means the one-click reference bank of the model's latent space
+        (``prompt_bank.reference_bank_name``). The bank's name is reserved first (an existing one is refused
+        before anything is generated unless ``overwrite``); the queue lock is held while generating, as for
+        any generation, and a cancel (``cancel_builds``) stops the running sampling."""
+        if self.backend.generate is None:
+            raise BankError("building a bank from a prompt needs the WebUI's txt2img processing, which this "
+                            "server does not have")
+        cancel = prompt_bank.Cancel()
+        self._cancels.add(cancel)
+        try:
+            with self.backend.gpu_lock():
+                encoder = self.backend.encoder()
+                name = request.name.strip() or prompt_bank.reference_bank_name(encoder.latent_space)
+                clean = self._guard_target(name)
+                with self.backend.store().building(clean, overwrite=request.overwrite) as path:
+                    return prompt_bank.generate_bank(
+                        request, path=path, encoder=encoder, generate=self.backend.generate,
+                        enforced=self.backend.enforced(), host_name=self.backend.host_name(), progress=progress,
+                        cancel=cancel, interrupt=self.backend.interrupt)
         finally:
             self._cancels.discard(cancel)
 
@@ -233,6 +268,28 @@ class BuildRequest(BaseModel):
     usage_hint: str = ""
 
 
+class PromptBuildRequest(BaseModel):
+    name: str = Field("", description="bank name; empty: the one-click reference bank, reference-own-samples-<space>")
+    prompt: str = ""
+    negative_prompt: str = ""
+    samples: int = Field(100, description=f"how many samples, 1 to {prompt_bank.MAX_SAMPLES}")
+    role: str = Field("negation", description="negation (what to avoid) or reference (ordinary images)")
+    styles: List[str] = Field(default_factory=list, description="names of the WebUI's saved styles to apply")
+    seed: int = Field(-1, description="sample i uses seed + i; -1: random")
+    steps: int = 20
+    cfg_scale: float = 7.0
+    sampler_name: str = "Euler"
+    width: int = Field(0, description="0: the model's native size")
+    height: int = Field(0, description="0: the model's native size")
+    batch_size: int = Field(4, description="samples generated at a time")
+    overwrite: bool = False
+    title: str = ""
+    description: str = ""
+    author: str = ""
+    license: str = ""
+    usage_hint: str = ""
+
+
 class ImportRequest(BaseModel):
     filename: str = Field(..., description="*.safetensors (bank preset) or *.preset.json (settings only)")
     data: str = Field(..., description="base64 file bytes")
@@ -245,8 +302,9 @@ class RenameRequest(BaseModel):
     new_name: str
 
 
-def register_routes(app, service: BankService, dependencies: list) -> None:
-    """The bank routes under ``ROUTE_PREFIX``, guarded by ``dependencies`` (the WebUI's API auth)."""
+def register_routes(app, service: BankService, dependencies: list, extra_routes: Iterable[Callable] = ()) -> None:
+    """The bank routes under ``ROUTE_PREFIX``, guarded by ``dependencies`` (the WebUI's API auth), and those
+    each ``extra_routes(router, call)`` adds (``call`` applies these routes' exposure and error rules)."""
     from fastapi import APIRouter, HTTPException
 
     def call(operation: Callable[[], Any], *, writes: bool = False, downloads: bool = False) -> Any:
@@ -288,6 +346,15 @@ def register_routes(app, service: BankService, dependencies: list) -> None:
                                  card=card).as_dict()
         return call(build, writes=True)
 
+    def build_from_prompt(request: PromptBuildRequest) -> dict:
+        def build() -> dict:
+            fields = request.dict()
+            card = {key: fields.pop(key) for key in CARD_FIELDS}
+            fields["styles"] = tuple(fields["styles"])
+            report = service.build_from_prompt(prompt_bank.PromptBankRequest(**fields, card=card))
+            return report.as_dict() | {"name": Path(report.path).stem}
+        return call(build, writes=True)
+
     def import_preset(request: ImportRequest) -> dict:
         def install() -> dict:
             with uploaded_file(request.filename, decode_base64(request.data, "data")) as path:
@@ -317,9 +384,12 @@ def register_routes(app, service: BankService, dependencies: list) -> None:
     router = APIRouter(prefix=ROUTE_PREFIX, dependencies=dependencies, tags=["Safe Denoiser"])
     router.add_api_route("/banks", list_banks, methods=["GET"])
     router.add_api_route("/banks", build_bank, methods=["POST"])
+    router.add_api_route("/banks/from-prompt", build_from_prompt, methods=["POST"])
     router.add_api_route("/banks/{name}", inspect_bank, methods=["GET"])
     router.add_api_route("/banks/{name}", delete_bank, methods=["DELETE"])
     router.add_api_route("/banks/{name}/export", export_bank, methods=["GET"])
     router.add_api_route("/banks/{name}/rename", rename_bank, methods=["POST"])
     router.add_api_route("/import", import_preset, methods=["POST"])
+    for add in extra_routes:
+        add(router, call)
     app.include_router(router)

@@ -248,6 +248,35 @@ def input_accordion_class():
     return InputAccordion
 
 
+def tool_button_class():
+    """``modules.ui_components.ToolButton``: the small square button of the gallery's Send-to row."""
+    from modules.ui_components import ToolButton
+
+    return ToolButton
+
+
+def register_after_component(callback: Callable) -> None:
+    """``callback(component, **constructor kwargs)`` after each gradio component the page builds."""
+    from modules import script_callbacks
+
+    script_callbacks.on_after_component(callback)
+
+
+def output_folders() -> list[str]:
+    """Absolute folders the WebUI writes its images to and serves them from: every ``outdir_*`` setting
+    (relative ones are relative to the WebUI's working folder, as its image saving reads them), the temporary
+    image folder ``temp_dir``, and gradio's temporary folder (``GRADIO_TEMP_DIR``, else ``<tmp>/gradio``), as
+    ``modules/ui_tempdir.is_gradio_temp_path`` lists them."""
+    import tempfile
+
+    from modules import shared
+
+    keys = [key for key in shared.opts.data_labels if key.startswith("outdir_")] + ["temp_dir"]
+    folders = [str(opts_value(key, "") or "") for key in keys]
+    folders += [os.environ.get("GRADIO_TEMP_DIR", ""), os.path.join(tempfile.gettempdir(), "gradio")]
+    return [os.path.abspath(folder) for folder in folders if folder]
+
+
 def folder_inputs_allowed() -> bool:
     """Whether the tab may read server folders: not with ``--hide-ui-dir-config``, and not when the UI is
     reachable from other machines (``--listen``/``--share``/...) without ``--enable-insecure-extension-access``
@@ -413,3 +442,91 @@ def api_auth_dependencies(app) -> list | None:
         if getattr(route, "path", None) == "/sdapi/v1/options":
             return list(route.dependencies)
     return None
+
+
+# --------------------------------------------------------------------------- generating through the WebUI
+
+def txt2img_outputs_folder() -> str:
+    """Where txt2img saves its images: ``outdir_samples`` if set, else ``outdir_txt2img_samples``, as
+    modules/txt2img.py picks ``outpath_samples``; relative to the WebUI's working folder, made absolute. Images
+    land in dated sub-folders (``save_to_dirs``), so read it recursively."""
+    folder = opts_value("outdir_samples", "") or opts_value("outdir_txt2img_samples", "")
+    return os.path.abspath(folder) if folder else ""
+
+
+def interrupt_generation() -> None:
+    """What the WebUI's Interrupt button does (``shared.state.interrupt()``): sampling stops at its next step."""
+    from modules import shared
+
+    shared.state.interrupt()
+
+
+def txt2img_latents(*, prompt: str, negative_prompt: str, styles: Sequence[str], seed: int, batch_size: int,
+                    steps: int, cfg_scale: float, sampler_name: str, width: int, height: int,
+                    own_script_args: Sequence[Any], own_script_title: str) -> dict[str, Any]:
+    """One txt2img generation of ``batch_size`` images through the WebUI's own processing, keeping the final
+    latents before they are decoded. Call under ``queue_lock``, as the WebUI's API does.
+
+    The ``StableDiffusionProcessingTxt2Img`` is made the way ``modules/api/api.py`` ``text2imgapi`` makes it:
+    on ``shared.sd_model`` (on Forge ``process_images`` first loads the selected checkpoint), with the txt2img
+    script runner and every AlwaysOn script's default arguments (what ``init_default_script_args`` reads, the
+    UI controls' values), ours replaced by ``own_script_args``; hires fix off, nothing saved. Our script must
+    be among the runner's AlwaysOn scripts (an enforced correction runs through it): a runner whose UI was never
+    built (``--nowebui`` before the first API generation) is refused. Extra networks
+    in the prompt (LoRAs) and ``styles`` apply as in any generation (``setup_prompts``,
+    ``extra_networks.activate``). The latents are what ``p.sample`` returns, per batch: A1111 and Forge call
+    it once per batch in ``process_images_inner`` and decode right after (``post_sample`` scripts may change
+    the samples before decoding; the bank keeps the sampler's own).
+
+    Returns plain values: ``latents`` (float32 on the CPU, ``[batch_size, C, H, W]``, or None when the batch
+    never sampled), ``interrupted`` (the WebUI's state was interrupted or skipped: by the Interrupt button, a
+    cancel, or a fail-closed stop), ``extra_generation_params``, and what the generation really used:
+    ``prompt_used``/``negative_prompt_used`` (styles applied), ``seeds``, ``sampler``, ``scheduler``,
+    ``model``, ``model_hash``.
+    """
+    import torch
+    from modules import processing, scripts, shared
+
+    runner = scripts.scripts_txt2img
+    script_args = [getattr(component, "value", None) for component in runner.inputs]
+    own = next((s for s in runner.alwayson_scripts if s.title() == own_script_title), None)
+    if own is None or own.args_to is None or own.args_to > len(script_args):
+        from lib_safedenoise.banks.errors import BankError
+
+        raise BankError("the txt2img scripts are not set up yet (no page built: --nowebui); run one txt2img "
+                           "generation through the API first")
+    script_args[own.args_from:own.args_to] = list(own_script_args)[:own.args_to - own.args_from]
+    p = processing.StableDiffusionProcessingTxt2Img(
+        sd_model=shared.sd_model, prompt=prompt, negative_prompt=negative_prompt, styles=list(styles), seed=seed,
+        subseed=-1, subseed_strength=0, batch_size=batch_size, n_iter=1, steps=steps, cfg_scale=cfg_scale,
+        sampler_name=sampler_name, width=width, height=height, enable_hr=False, do_not_save_samples=True,
+        do_not_save_grid=True)
+    # as text2imgapi: is_api first, so setting script_args runs only the scripts' non-UI ``setup`` hooks (the
+    # built-in seed and sampler scripts would otherwise put their UI defaults over seed, steps and sampler)
+    p.is_api = True
+    p.scripts = runner
+    p.script_args = tuple(script_args)
+    kept: list = []
+    sample = p.sample
+
+    def sample_and_keep(*args, **kwargs):
+        samples = sample(*args, **kwargs)
+        with torch.inference_mode(False):  # Forge samples under inference_mode; keep an ordinary tensor
+            kept.append(samples.detach().float().cpu().clone())
+        return samples
+
+    p.sample = sample_and_keep
+    shared.state.begin(job="safe_denoiser_prompt_bank")
+    try:
+        processing.process_images(p)
+        interrupted = bool(shared.state.interrupted or shared.state.skipped)
+    finally:
+        shared.state.end()
+        p.close()
+    return {"latents": kept[-1] if kept else None, "interrupted": interrupted,
+            "extra_generation_params": dict(p.extra_generation_params),
+            "prompt_used": p.all_prompts[0] if p.all_prompts else prompt,
+            "negative_prompt_used": p.all_negative_prompts[0] if p.all_negative_prompts else negative_prompt,
+            "seeds": [int(s) for s in p.all_seeds], "sampler": p.sampler_name,
+            "scheduler": getattr(p, "scheduler", None) or "", "model": p.sd_model_name or "",
+            "model_hash": p.sd_model_hash or ""}

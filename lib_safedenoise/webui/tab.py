@@ -12,7 +12,7 @@ import math
 import os
 import threading
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import gradio as gr
 
@@ -23,6 +23,7 @@ from lib_safedenoise.core.latent_bank import ROLES
 from lib_safedenoise.webui.accordion import ELEM_PREFIX, enforced_html
 from lib_safedenoise.webui.api import CARD_FIELDS, Backend, BankService
 from lib_safedenoise.webui.enforcement import EnforcementError
+from lib_safedenoise.webui.prompt_bank import MAX_SAMPLES, REFERENCE_SAMPLES, PromptBankRequest
 
 BANK_COLUMNS = ["Name", "Title", "Images", "Latent space", "Size", "Fits the loaded model", "Enforced", "Problem"]
 
@@ -107,11 +108,11 @@ def read_uploads(files: Sequence[Any] | None) -> list[tuple[str, bytes]]:
     return uploads
 
 
-def progress_html(done: int, total: int, label: str) -> str:
+def progress_html(done: int, total: int, label: str, unit: str = "files") -> str:
     if total <= 0:
         return '<div class="safe-denoiser-progress">Starting…</div>'
     return (f'<div class="safe-denoiser-progress"><progress max="{total}" value="{done}"></progress> '
-            f'{done} / {total} files · {html.escape(os.path.basename(label))}</div>')
+            f'{done} / {total} {unit} · {html.escape(os.path.basename(label))}</div>')
 
 
 def report_html(report: BuildReport | None, error: str = "") -> str:
@@ -122,7 +123,9 @@ def report_html(report: BuildReport | None, error: str = "") -> str:
         if report.bank_count:
             counts = ", ".join(f"{n} {status}" for status, n in report.counts().items())
             parts.append(message_html(f"Bank {Path(report.path).stem} ({report.short_hash}): {report.bank_count} "
-                                      f"images, in {report.seconds:.1f} s ({counts})"))
+                                      f"images, in {report.seconds:.1f} s" + (f" ({counts})" if counts else "")))
+        if not report.files:  # a bank from a prompt: no files to report
+            return "".join(parts)
         rows = "".join(f'<tr class="safe-denoiser-file-{html.escape(f.status)}"><td>{html.escape(Path(f.source).name)}'
                        f"</td><td>{html.escape(f.status)}</td><td>{html.escape(f.detail)}</td></tr>"
                        for f in report.files)
@@ -169,6 +172,33 @@ def gate_plot(report: dict | None):
     return figure
 
 
+def in_background(task: Callable[[Callable[[int, int, str], None]], Any], thread_name: str,
+                  render: Callable[[dict], tuple]):
+    """Run ``task(progress)`` (a bank build) on a worker thread, so the page's event stays responsive.
+
+    Yields ``render(state)`` about every 0.3 s while it runs (``state``: the last ``progress(done, total,
+    label)``), then returns ``(state, outcome)``: ``{"report": task's result}``, or ``{"error": message,
+    "report": the error's report, if any}`` for the errors a build reports to the user."""
+    state = {"done": 0, "total": 0, "label": ""}
+    outcome: dict[str, Any] = {}
+
+    def progress(done: int, total: int, label: str) -> None:
+        state.update(done=done, total=total, label=label)
+
+    def run() -> None:
+        try:
+            outcome["report"] = task(progress)
+        except (BankError, EnforcementError, PermissionError, OSError, ValueError) as error:
+            outcome["error"], outcome["report"] = str(error), getattr(error, "report", None)
+
+    worker = threading.Thread(target=run, name=thread_name, daemon=True)
+    worker.start()
+    while worker.is_alive():
+        yield render(state)
+        worker.join(0.3)
+    return state, outcome
+
+
 class TabHandlers:
     """The tab's event handlers, over one ``BankService``."""
 
@@ -197,7 +227,7 @@ class TabHandlers:
         changeable = not (entry or {}).get("enforced", False)
         return bank_card_html(entry), gr.update(interactive=changeable), gr.update(interactive=changeable)
 
-    def build(self, files, folder: str, name: str, overwrite: bool, role: str, *card_values: str):
+    def build(self, files, folder: str, name: str, overwrite: bool, role: str, recursive: bool, *card_values: str):
         """Generator of ``(progress, report, table, bank dropdown, uploads)`` updates while the bank builds.
 
         A request that cannot start keeps the uploads (to fix and retry); a build consumes them: they are
@@ -215,32 +245,58 @@ class TabHandlers:
             yield "", report_html(None, problem), *unchanged
             return
         card = {key: value for key, value in zip(CARD_FIELDS, card_values) if value}
-        state = {"done": 0, "total": 0, "label": ""}
-        outcome: dict[str, Any] = {}
 
-        def progress(done: int, total: int, label: str) -> None:
-            state.update(done=done, total=total, label=label)
+        def task(progress):
+            if folder:
+                return self.service.build_from_folder(folder, name, overwrite=overwrite, role=role,
+                                                      progress=progress, card=card, recursive=bool(recursive))
+            return self.service.build(read_uploads(files), name, overwrite=overwrite, role=role,
+                                      progress=progress, card=card)
 
-        def run() -> None:
-            try:
-                if folder:
-                    outcome["report"] = self.service.build_from_folder(folder, name, overwrite=overwrite,
-                                                                       role=role, progress=progress, card=card)
-                else:
-                    outcome["report"] = self.service.build(read_uploads(files), name, overwrite=overwrite,
-                                                           role=role, progress=progress, card=card)
-            except (BankError, EnforcementError, PermissionError, OSError, ValueError) as error:
-                outcome["error"], outcome["report"] = str(error), getattr(error, "report", None)
-
-        worker = threading.Thread(target=run, name="safe-denoiser-build", daemon=True)
-        worker.start()
-        while worker.is_alive():
-            yield progress_html(state["done"], state["total"], state["label"]), gr.update(), *unchanged
-            worker.join(0.3)
+        state, outcome = yield from in_background(task, "safe-denoiser-build", lambda state: (
+            progress_html(state["done"], state["total"], state["label"]), gr.update(), *unchanged))
         rows, dropdown, _ = self.listing(name)
         yield (progress_html(state["done"], state["total"], "done" if "error" not in outcome else "stopped"),
                report_html(outcome.get("report"), outcome.get("error", "")), rows, dropdown,
                gr.update() if folder else None)
+
+    def build_from_prompt(self, prompt: str, negative_prompt: str, samples: float, role: str, name: str,
+                          overwrite: bool, sampler_name: str, steps: float, cfg_scale: float, width: float,
+                          height: float, seed: float, *card_values: str):
+        """Generator of ``(progress, report, table, bank dropdown)`` updates while a bank of ``samples`` of the
+        loaded model's own samples of ``prompt`` is generated (``BankService.build_from_prompt``). An empty
+        name builds the one-click reference bank of the loaded model's latent space; width and height 0 mean
+        the model's native size, seed -1 a random one."""
+        card = {key: value for key, value in zip(CARD_FIELDS, card_values) if value}
+        try:
+            request = PromptBankRequest(name=(name or "").strip(), prompt=prompt or "",
+                                        negative_prompt=negative_prompt or "", samples=int(samples or 0),
+                                        role=role, overwrite=bool(overwrite), sampler_name=sampler_name or "",
+                                        steps=int(steps or 0), cfg_scale=float(cfg_scale or 0),
+                                        width=int(width or 0), height=int(height or 0), seed=int(seed or 0),
+                                        card=card)
+        except ValueError as error:
+            yield "", report_html(None, str(error)), gr.update(), gr.update()
+            return
+        state, outcome = yield from in_background(
+            lambda progress: self.service.build_from_prompt(request, progress=progress),
+            "safe-denoiser-prompt-bank",
+            lambda state: (progress_html(state["done"], state["total"], state["label"], "samples"), gr.update(),
+                           gr.update(), gr.update()))
+        built = None if "error" in outcome else Path(outcome["report"].path).stem
+        rows, dropdown, _ = self.listing(built)
+        yield (progress_html(state["done"], state["total"], "stopped" if "error" in outcome else "done", "samples"),
+               report_html(outcome.get("report"), outcome.get("error", "")), rows, dropdown)
+
+    def reference_from_outputs(self):
+        """Point the build form at the WebUI's txt2img outputs folder, read recursively, as a reference bank."""
+        folder = self.service.backend.outputs_folder()
+        if not folder:
+            return gr.update(), gr.update(), gr.update(), gr.update(), message_html(
+                "This WebUI has no txt2img outputs folder set (Settings → Paths for saving).", error=True)
+        return (folder, "reference", True, "reference-my-outputs",
+                message_html(f"Ready to build a reference bank from {folder} and its sub-folders: "
+                             "click Build bank."))
 
     def cancel(self) -> str:
         count = self.service.cancel_builds()
@@ -343,6 +399,10 @@ def build_tab(backend: Backend | None = None) -> gr.Blocks:
                                 elem_id=f"{p}_files")
                 folder = gr.Textbox(label="…or a folder on the server", elem_id=f"{p}_folder", max_lines=1,
                                     visible=backend.folder_inputs_allowed())
+                with gr.Row(visible=backend.folder_inputs_allowed()):
+                    recursive = gr.Checkbox(False, label="Include sub-folders", elem_id=f"{p}_recursive")
+                    from_outputs = gr.Button("Reference from my txt2img outputs", elem_id=f"{p}_from_outputs",
+                                             min_width=80)
                 with gr.Accordion("Card (shown to whoever uses the bank)", open=False, elem_id=f"{p}_card_fields"):
                     card_inputs = [gr.Textbox(label=field_name.replace("_", " ").capitalize(), max_lines=1,
                                               elem_id=f"{p}_card_{field_name}") for field_name in CARD_FIELDS]
@@ -353,6 +413,40 @@ def build_tab(backend: Backend | None = None) -> gr.Blocks:
                     cancel = gr.Button("Cancel", elem_id=f"{p}_cancel")
                 progress = gr.HTML("", elem_id=f"{p}_progress")
                 report = gr.HTML("", elem_id=f"{p}_report")
+            with gr.Column(scale=1, elem_id=f"{p}_from_prompt"):
+                gr.Markdown("### From a prompt\nType what to avoid: the loaded model draws it, and only the "
+                            "samples' latents are kept (no image is saved). LoRAs named in the prompt apply.")
+                prompt = gr.Textbox(label="Prompt", lines=2, elem_id=f"{p}_prompt")
+                negative_prompt = gr.Textbox(label="Negative prompt", lines=1, elem_id=f"{p}_negative_prompt")
+                with gr.Row():
+                    samples = gr.Number(100, label="Samples", precision=0, minimum=1, maximum=MAX_SAMPLES,
+                                        elem_id=f"{p}_samples")
+                    prompt_role = gr.Radio(list(ROLES), value=ROLES[0], label="Role", elem_id=f"{p}_prompt_role")
+                prompt_name = gr.Textbox(label="Bank name", elem_id=f"{p}_prompt_name", max_lines=1)
+                with gr.Accordion("Sampling", open=False, elem_id=f"{p}_prompt_sampling"):
+                    defaults = PromptBankRequest(name="")
+                    with gr.Row():
+                        prompt_sampler = gr.Textbox(defaults.sampler_name, label="Sampler", max_lines=1,
+                                                    elem_id=f"{p}_prompt_sampler")
+                        prompt_steps = gr.Number(defaults.steps, label="Steps", precision=0,
+                                                 elem_id=f"{p}_prompt_steps")
+                        prompt_cfg = gr.Number(defaults.cfg_scale, label="CFG scale", elem_id=f"{p}_prompt_cfg")
+                    with gr.Row():
+                        prompt_width = gr.Number(0, label="Width (0: the model's own)", precision=0,
+                                                 elem_id=f"{p}_prompt_width")
+                        prompt_height = gr.Number(0, label="Height (0: the model's own)", precision=0,
+                                                  elem_id=f"{p}_prompt_height")
+                        prompt_seed = gr.Number(-1, label="Seed (-1: random)", precision=0,
+                                                elem_id=f"{p}_prompt_seed")
+                with gr.Row():
+                    prompt_overwrite = gr.Checkbox(False, label="Replace a bank of the same name",
+                                                   elem_id=f"{p}_prompt_overwrite")
+                    prompt_build = gr.Button("Build from prompt", variant="primary", elem_id=f"{p}_prompt_build")
+                    own_reference = gr.Button(f"Reference from the model's own samples ({REFERENCE_SAMPLES})",
+                                              elem_id=f"{p}_own_reference")
+                    prompt_cancel = gr.Button("Cancel", elem_id=f"{p}_prompt_cancel")
+                prompt_progress = gr.HTML("", elem_id=f"{p}_prompt_progress")
+                prompt_report = gr.HTML("", elem_id=f"{p}_prompt_report")
             with gr.Column(scale=1, elem_id=f"{p}_banks_column"):
                 gr.Markdown("### Banks")
                 table = gr.Dataframe(rows, headers=BANK_COLUMNS, interactive=False, wrap=True,
@@ -390,9 +484,19 @@ def build_tab(backend: Backend | None = None) -> gr.Blocks:
         confirmed = gr.Checkbox(False, visible=False, elem_id=f"{p}_delete_confirmed")
 
         changed = [message, table, selected, card]
-        build.click(handlers.build, inputs=[files, folder, name, overwrite, role, *card_inputs],
+        build.click(handlers.build, inputs=[files, folder, name, overwrite, role, recursive, *card_inputs],
                     outputs=[progress, report, table, selected, files])
+        sampling = [prompt_sampler, prompt_steps, prompt_cfg, prompt_width, prompt_height, prompt_seed]
+        from_outputs.click(handlers.reference_from_outputs, outputs=[folder, role, recursive, name, report])
+        prompt_build.click(handlers.build_from_prompt,
+                           inputs=[prompt, negative_prompt, samples, prompt_role, prompt_name, prompt_overwrite,
+                                   *sampling, *card_inputs],
+                           outputs=[prompt_progress, prompt_report, table, selected])
+        own_reference.click(functools.partial(handlers.build_from_prompt, "", "", REFERENCE_SAMPLES, "reference", ""),
+                            inputs=[prompt_overwrite, *sampling, *card_inputs],
+                            outputs=[prompt_progress, prompt_report, table, selected])
         cancel.click(handlers.cancel, outputs=[message], queue=False)
+        prompt_cancel.click(handlers.cancel, outputs=[message], queue=False)
         refresh.click(handlers.refresh, inputs=[selected], outputs=[table, selected, card, enforced])
         selected.change(handlers.select, inputs=[selected], outputs=[card, delete, rename])
         delete.click(handlers.delete, _js="safeDenoiserConfirmDelete", inputs=[selected, confirmed], outputs=changed)

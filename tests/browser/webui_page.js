@@ -2,7 +2,10 @@
 // Behaviour follows AUTOMATIC1111 v1.10.1 (commit 82a973c0):
 //  - script.js: gradioApp(); onUiLoaded callbacks run once, from a MutationObserver, as soon as
 //    #txt2img_prompt exists; onUiUpdate / onAfterUiUpdate (debounced 200 ms) run on every mutation.
-//  - javascript/ui.js: updateInput(target) dispatches a bubbling "input" event so gradio reads the value.
+//  - javascript/ui.js: updateInput(target) dispatches a bubbling "input" event so gradio reads the value;
+//    selected_gallery_index() is the index of the thumbnail of class "selected" among the thumbnails
+//    (.thumbnail-item.thumbnail-small) of the galleries (.gradio-gallery, id ending in _gallery) in the
+//    shown tab (.tabitem styled "display: block;"), -1 when none is selected.
 //  - javascript/inputAccordion.js: every .input-accordion gets a visible checkbox in its header label; the
 //    header checkbox and the accordion's open state drive the hidden gradio checkbox <id>-checkbox, until
 //    the user ticks the header checkbox itself (then open/closed and enabled are independent); the extra
@@ -53,6 +56,15 @@ function updateInput(target) {
     let event = new Event("input", {bubbles: true});
     Object.defineProperty(event, "target", {value: target});
     target.dispatchEvent(event);
+}
+
+function selected_gallery_index() {
+    var selector = '[style="display: block;"].tabitem div[id$=_gallery].gradio-gallery .thumbnails > ' +
+                   '.thumbnail-item.thumbnail-small';
+    var shown = Array.from(gradioApp().querySelectorAll(selector)).filter(function(thumbnail) {
+        return thumbnail.parentElement.offsetParent;
+    });
+    return shown.findIndex(function(thumbnail) { return thumbnail.classList.contains('selected'); });
 }
 
 function inputAccordionChecked(id, checked) {

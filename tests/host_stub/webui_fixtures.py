@@ -26,9 +26,17 @@ def _checkpoint():
 
 
 def load_sd_model():
-    """What the stub's model loading does in place of ``sd_models.set_model_type``: name the latent space."""
+    """What the stub's model loading does in place of ``sd_models.load_model``: name the latent space (for
+    ``set_model_type``), the checkpoint and its short hash."""
+    from tests import host_stub
+
+    host_stub.install()
+    from modules import sd_models
+
     model, _ = _checkpoint()
     model.latent_space = "digits"
+    model.sd_checkpoint_info = sd_models.CheckpointInfo("digits", lambda: model)
+    model.sd_model_hash = "d16175"  # the short hash sd_models.load_model sets
     return model
 
 
@@ -93,6 +101,7 @@ class WrappedDigitsModel(torch.nn.Module):
         super().__init__()
         self.inner = inner
         self.alphas_cumprod = inner.alphas_cumprod
+        self.sd_checkpoint_info, self.sd_model_hash = inner.sd_checkpoint_info, inner.sd_model_hash
 
     def get_learned_conditioning(self, labels):
         return self.inner.get_learned_conditioning(labels)

@@ -5,7 +5,10 @@ postprocess_batch, postprocess_batch_list (which may change the batch's list of 
 image built with the *batch's* prompts and a batch-local index, then ``Processed`` and scripts.postprocess
 once; an exception skips postprocess). Txt2img's hires fix runs a second sampler over the upscaled latent
 with ``is_hr_pass`` set and ``before_hr`` called first.
-Forge (dfdcbab6, same file) samples under ``torch.inference_mode()`` where A1111 uses ``torch.no_grad()``."""
+Forge (dfdcbab6, same file) samples under ``torch.inference_mode()`` where A1111 uses ``torch.no_grad()``.
+``StableDiffusionProcessing`` takes the real dataclass's field names (``sd_model``, ``styles``, ``subseed``,
+``do_not_save_samples``, ...); ``setup_prompts`` applies ``styles`` through ``shared.prompt_styles``, and
+``process_images_inner`` records the checkpoint's name and short hash on ``p`` first."""
 
 from __future__ import annotations
 
@@ -35,11 +38,15 @@ class ImageRNG:
 
 
 class StableDiffusionProcessing:
-    def __init__(self, *, prompt="", negative_prompt="", seed=1, steps=20, cfg_scale=7.0, sampler_name="Euler",
-                 batch_size=1, n_iter=1, width=64, height=64, override_settings=None,
-                 override_settings_restore_afterwards=True, s_min_uncond=0.0, eta=None, scripts=None,
-                 script_args=None):
+    def __init__(self, *, sd_model=None, prompt="", negative_prompt="", styles=None, seed=1, subseed=-1,
+                 subseed_strength=0, steps=20, cfg_scale=7.0, sampler_name="Euler", scheduler=None, batch_size=1,
+                 n_iter=1, width=64, height=64, do_not_save_samples=False, do_not_save_grid=False,
+                 override_settings=None, override_settings_restore_afterwards=True, s_min_uncond=0.0, eta=None,
+                 scripts=None, script_args=None):
         self.prompt, self.negative_prompt = prompt, negative_prompt
+        self.styles = [] if styles is None else styles
+        self.subseed, self.subseed_strength, self.scheduler = subseed, subseed_strength, scheduler
+        self.do_not_save_samples, self.do_not_save_grid = do_not_save_samples, do_not_save_grid
         self.seed, self.steps, self.cfg_scale, self.sampler_name = seed, steps, cfg_scale, sampler_name
         self.batch_size, self.n_iter, self.width, self.height = batch_size, n_iter, width, height
         self.override_settings = dict(override_settings or {})
@@ -51,7 +58,9 @@ class StableDiffusionProcessing:
         self.is_hr_pass = False
         self.iteration = 0
         self.batch_index = 0
-        self.sd_model = shared.sd_model
+        self.sd_model = shared.sd_model if sd_model is None else sd_model
+        self.sd_model_name = self.sd_model_hash = None  # set by process_images_inner
+        self.is_api = False  # the API sets it before script_args, so only non-UI script setup hooks run
         self.sampler = None
         self.denoising_strength = None
         self.latents: list[torch.Tensor] = []  # stub only: each batch's final latents, for bit-exact checks
@@ -64,7 +73,11 @@ class StableDiffusionProcessing:
         count = self.batch_size * self.n_iter
         self.all_prompts = [self.prompt] * count
         self.all_negative_prompts = [self.negative_prompt] * count
-        self.main_prompt, self.main_negative_prompt = self.prompt, self.negative_prompt
+        self.all_prompts = [shared.prompt_styles.apply_styles_to_prompt(x, self.styles) for x in self.all_prompts]
+        self.all_negative_prompts = [shared.prompt_styles.apply_negative_styles_to_prompt(x, self.styles)
+                                     for x in self.all_negative_prompts]
+        self.main_prompt = self.all_prompts[0]
+        self.main_negative_prompt = self.all_negative_prompts[0]
 
     def setup_conds(self):
         self.c = prompt_parser.get_multicond_learned_conditioning(shared.sd_model, self.prompts)
@@ -72,6 +85,11 @@ class StableDiffusionProcessing:
 
     def init(self, all_prompts, all_seeds, all_subseeds):
         pass
+
+    def close(self):
+        self.sampler = None
+        self.c = None
+        self.uc = None
 
 
 class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
@@ -206,6 +224,8 @@ def process_images(p):
 
 
 def process_images_inner(p):
+    p.sd_model_name = shared.sd_model.sd_checkpoint_info.name_for_extra
+    p.sd_model_hash = shared.sd_model.sd_model_hash
     p.setup_prompts()
     p.all_seeds = [int(p.seed) + x for x in range(len(p.all_prompts))]
     if p.scripts is not None:

@@ -52,7 +52,7 @@ class ScriptCallback:
 
 callback_map = {f"callbacks_{category}": [] for category in (
     "app_started", "model_loaded", "ui_tabs", "ui_settings", "cfg_denoiser", "cfg_denoised", "cfg_after_cfg",
-    "infotext_pasted", "script_unloaded", "before_ui")}
+    "infotext_pasted", "script_unloaded", "before_ui", "after_component")}
 ordered_callbacks_map: dict[str, list] = {}
 
 
@@ -132,6 +132,14 @@ def before_ui_callback():
     _dispatch("before_ui", "before_ui")
 
 
+def after_component_callback(component, **kwargs):
+    for c in ordered_callbacks("after_component"):
+        try:
+            c.callback(component, **kwargs)
+        except Exception:
+            report_exception(c, "after_component_callback")
+
+
 def remove_callbacks_for_function(callback_func):
     for callback_list in callback_map.values():
         for callback_to_remove in [cb for cb in callback_list if cb.callback == callback_func]:
@@ -158,3 +166,4 @@ on_cfg_after_cfg = _register("cfg_after_cfg")
 on_infotext_pasted = _register("infotext_pasted")
 on_script_unloaded = _register("script_unloaded")
 on_before_ui = _register("before_ui")
+on_after_component = _register("after_component")

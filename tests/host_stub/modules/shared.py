@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from modules.options import OptionInfo, Options
+from modules.styles import StyleDatabase
 
 forge = False  # set by tests/host_stub.configure
 
@@ -26,11 +27,14 @@ opts = Options({
     "disabled_extensions": OptionInfo([], "Disable these extensions"),
     "disable_all_extensions": OptionInfo("none", "Disable all extensions"),
     "infotext_skip_pasting": OptionInfo([], "Disregard fields from pasted infotext"),
+    "outdir_samples": OptionInfo("", "Output directory for images; if empty, defaults to three directories below"),
+    "outdir_txt2img_samples": OptionInfo("outputs/txt2img-images", "Output directory for txt2img images"),
 })
+prompt_styles = StyleDatabase()
 
 
 class State:
-    """modules/shared_state.State: ``sampling_step`` is set by the sampler's per-step callback, *after* the
+    """modules/shared_state.State (``begin`` resets the flags, ``end`` the job count): ``sampling_step`` is set by the sampler's per-step callback, *after* the
     model call of that step, so during step i's model call it still reads i-1 (and 0 for steps 0 and 1)."""
 
     def __init__(self):
@@ -46,6 +50,9 @@ class State:
         self.interrupted = self.skipped = self.stopping_generation = False
         self.job_count = -1
         self.previews = []
+
+    def end(self):
+        self.job_count = 0
 
     def interrupt(self):
         self.interrupted = True

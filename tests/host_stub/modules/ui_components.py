@@ -1,8 +1,21 @@
-"""Follows modules/ui_components.py: ``InputAccordion`` is a hidden ``gr.Checkbox`` (the script argument)
-that drives a ``gr.Accordion`` through the page's ``inputAccordionChecked``; ``extra()`` is a column in the
-accordion's header. ``DropdownMulti`` is a dropdown that is always multi-select."""
+"""Follows modules/ui_components.py: ``ToolButton`` is a button of class ``tool``; ``InputAccordion`` is a
+hidden ``gr.Checkbox`` (the script argument) that drives a ``gr.Accordion`` through the page's
+``inputAccordionChecked``; ``extra()`` is a column in the accordion's header. ``DropdownMulti`` is a dropdown
+that is always multi-select."""
 
 import gradio as gr
+
+
+class ToolButton(gr.Button):
+    """The small square button of the gallery's row; ``tooltip`` is the keyword the WebUI's patched gradio
+    components take (modules/gradio_extensons.py keeps it as ``webui_tooltip``)."""
+
+    def __init__(self, *args, tooltip=None, **kwargs):
+        self.webui_tooltip = tooltip
+        super().__init__(*args, elem_classes=["tool", *kwargs.pop("elem_classes", [])], **kwargs)
+
+    def get_block_name(self):
+        return "button"
 
 
 class DropdownMulti(gr.Dropdown):
