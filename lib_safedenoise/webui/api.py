@@ -268,20 +268,24 @@ class BuildRequest(BaseModel):
     usage_hint: str = ""
 
 
+_PROMPT_DEFAULTS = prompt_bank.PromptBankRequest(name="")
+
+
 class PromptBuildRequest(BaseModel):
+    # defaults are ``prompt_bank.PromptBankRequest``'s, which validates the request
     name: str = Field("", description="bank name; empty: the one-click reference bank, reference-own-samples-<space>")
     prompt: str = ""
     negative_prompt: str = ""
-    samples: int = Field(100, description=f"how many samples, 1 to {prompt_bank.MAX_SAMPLES}")
-    role: str = Field("negation", description="negation (what to avoid) or reference (ordinary images)")
+    samples: int = Field(_PROMPT_DEFAULTS.samples, description=f"how many samples, 1 to {prompt_bank.MAX_SAMPLES}")
+    role: str = Field(_PROMPT_DEFAULTS.role, description="negation (what to avoid) or reference (ordinary images)")
     styles: List[str] = Field(default_factory=list, description="names of the WebUI's saved styles to apply")
-    seed: int = Field(-1, description="sample i uses seed + i; -1: random")
-    steps: int = 20
-    cfg_scale: float = 7.0
-    sampler_name: str = "Euler"
-    width: int = Field(0, description="0: the model's native size")
-    height: int = Field(0, description="0: the model's native size")
-    batch_size: int = Field(4, description="samples generated at a time")
+    seed: int = Field(_PROMPT_DEFAULTS.seed, description="sample i uses seed + i; -1: random")
+    steps: int = _PROMPT_DEFAULTS.steps
+    cfg_scale: float = _PROMPT_DEFAULTS.cfg_scale
+    sampler_name: str = _PROMPT_DEFAULTS.sampler_name
+    width: int = Field(_PROMPT_DEFAULTS.width, description="0: the model's native size")
+    height: int = Field(_PROMPT_DEFAULTS.height, description="0: the model's native size")
+    batch_size: int = Field(_PROMPT_DEFAULTS.batch_size, description="samples generated at a time")
     overwrite: bool = False
     title: str = ""
     description: str = ""

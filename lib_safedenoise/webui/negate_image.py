@@ -112,6 +112,11 @@ class ImageNegator:
             raise ImageRefused(f"{path.name!r} is not a file (was it deleted or moved?)")
         return path
 
+    def served_source(self, path_or_url: str) -> tuple[tuple[str, bytes], str]:
+        """``(builder source, display name)`` of the file ``served_file`` allows."""
+        path = self.served_file(path_or_url)
+        return (path.name, path.read_bytes()), path.name
+
     def gallery_source(self, gallery: Any, index: int) -> tuple[Any, str]:
         """The ``(builder source, display name)`` of gallery item ``index`` (the only one if none is selected).
 
@@ -132,8 +137,7 @@ class ImageNegator:
         elif isinstance(item, (tuple, list)):
             item = item[0]
         if isinstance(item, (str, os.PathLike)):
-            path = self.served_file(str(item))
-            return (path.name, path.read_bytes()), path.name
+            return self.served_source(str(item))
         if hasattr(item, "save") and hasattr(item, "size"):  # a PIL image gradio loaded from its own cache
             return item, f"image {index + 1} of the gallery"
         raise ImageRefused(f"the gallery's image {index} came as {type(item).__name__}, which is not an image")
@@ -262,8 +266,7 @@ def add_route(negator: ImageNegator) -> Callable[[Any, Callable[..., Any]], None
         if (request.path is None) == (request.image is None):
             raise ImageRefused("give exactly one of path and image")
         if request.path is not None:
-            path = negator.served_file(request.path)
-            source, name = (path.name, path.read_bytes()), path.name
+            source, name = negator.served_source(request.path)
         else:
             name = request.name or "the image"
             source = (name, decode_base64(request.image, "image"))

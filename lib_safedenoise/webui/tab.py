@@ -418,13 +418,13 @@ def build_tab(backend: Backend | None = None) -> gr.Blocks:
                             "samples' latents are kept (no image is saved). LoRAs named in the prompt apply.")
                 prompt = gr.Textbox(label="Prompt", lines=2, elem_id=f"{p}_prompt")
                 negative_prompt = gr.Textbox(label="Negative prompt", lines=1, elem_id=f"{p}_negative_prompt")
+                defaults = PromptBankRequest(name="")
                 with gr.Row():
-                    samples = gr.Number(100, label="Samples", precision=0, minimum=1, maximum=MAX_SAMPLES,
+                    samples = gr.Number(defaults.samples, label="Samples", precision=0, minimum=1, maximum=MAX_SAMPLES,
                                         elem_id=f"{p}_samples")
                     prompt_role = gr.Radio(list(ROLES), value=ROLES[0], label="Role", elem_id=f"{p}_prompt_role")
                 prompt_name = gr.Textbox(label="Bank name", elem_id=f"{p}_prompt_name", max_lines=1)
                 with gr.Accordion("Sampling", open=False, elem_id=f"{p}_prompt_sampling"):
-                    defaults = PromptBankRequest(name="")
                     with gr.Row():
                         prompt_sampler = gr.Textbox(defaults.sampler_name, label="Sampler", max_lines=1,
                                                     elem_id=f"{p}_prompt_sampler")
@@ -432,11 +432,11 @@ def build_tab(backend: Backend | None = None) -> gr.Blocks:
                                                  elem_id=f"{p}_prompt_steps")
                         prompt_cfg = gr.Number(defaults.cfg_scale, label="CFG scale", elem_id=f"{p}_prompt_cfg")
                     with gr.Row():
-                        prompt_width = gr.Number(0, label="Width (0: the model's own)", precision=0,
+                        prompt_width = gr.Number(defaults.width, label="Width (0: the model's own)", precision=0,
                                                  elem_id=f"{p}_prompt_width")
-                        prompt_height = gr.Number(0, label="Height (0: the model's own)", precision=0,
+                        prompt_height = gr.Number(defaults.height, label="Height (0: the model's own)", precision=0,
                                                   elem_id=f"{p}_prompt_height")
-                        prompt_seed = gr.Number(-1, label="Seed (-1: random)", precision=0,
+                        prompt_seed = gr.Number(defaults.seed, label="Seed (-1: random)", precision=0,
                                                 elem_id=f"{p}_prompt_seed")
                 with gr.Row():
                     prompt_overwrite = gr.Checkbox(False, label="Replace a bank of the same name",
