@@ -73,7 +73,7 @@ def test_kernel_estimates_converge_to_exact_unsafe_denoiser(dim, sigma, toleranc
         stats = kernel_pass(queries, sigma, bank)
         estimate = stats.mean.reshape(32, dim).double()
         errors.append(float((estimate - exact).norm(dim=1).mean()))
-        log_p = log_density(stats, sigma, count, dim).double()
+        log_p = log_density(stats.log_weight_sum, sigma, count, dim).double()
         density_errors.append(float((log_p - exact_log_p).abs().mean()))
     assert errors == sorted(errors, reverse=True) and errors[-1] < tolerance, errors
     assert density_errors[-1] < density_errors[0] and density_errors[-1] < 10 * tolerance, density_errors

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lib_safedenoise.core.engine import SafeDenoiser
-from lib_safedenoise.core.kernel import log_kernel_density, unsafe_denoiser
+from lib_safedenoise.core.kernel import log_kernel_density, pruning, unsafe_denoiser
 from lib_safedenoise.core.latent_bank import LatentBank
 from lib_safedenoise.core.modes import (DEFAULT_MODE, MODES, Step, channel_moments, gaussian_log_density, held_posterior,
                                    item_spread_sq, resolve_mode, channel_normalized)
@@ -111,6 +111,27 @@ def test_posterior_mode_swaps_the_unsafe_denoiser_weighted_by_the_posterior(with
     off = SafeDenoiser([(bank, strength)], mode="posterior", window=(0, 1), threshold=1.01,
                        reference=other if with_reference else None)
     assert torch.equal(off.correct_x0(x0_hat, x, sigma, 0, 1), x0_hat)  # pi never reaches 1.01
+
+
+def test_posterior_reads_the_banks_at_x_only_when_some_image_fires():
+    """With a reference bank the posterior is judged at x0_hat; the swap's kernels at x run only where it
+    acts, and the reported distance is then x0_hat's to the nearest negation item."""
+    bank, x0_hat, x = bank_and_inputs(count=30, batch=2)
+    reference = LatentBank("ref", torch.randn(30, 4, 8, 8, generator=torch.Generator().manual_seed(3)) + 3.0,
+                           role="reference")
+    reads = {}
+    for threshold in (1.01, 0.0):  # pi never reaches 1.01; everything acts at 0
+        engine = SafeDenoiser([(bank, 1.0)], mode="posterior", window=(0, 1), threshold=threshold,
+                              reference=reference)
+        with pruning(None):  # every pass reads the whole bank twice (two sweeps)
+            engine.correct_x0(x0_hat, x, 1.5, 0, 1)
+        record = engine.report.images[0][-1]
+        reads[threshold] = (record.banks[0]["bytes_read"], record.reference["bytes_read"])
+        nearest = torch.cdist(x0_hat.flatten(1), bank.latents.flatten(1)).amin(1)
+        assert [r[0].nearest_distance for r in engine.report.images.values()] == pytest.approx(nearest.tolist(),
+                                                                                              rel=1e-4)
+    twice = (2 * bank.latents.numel() * 4, 2 * reference.latents.numel() * 4)
+    assert reads == {1.01: twice, 0.0: tuple(2 * read for read in twice)}
 
 
 def test_posterior_judges_a_few_specific_images_at_the_reference_banks_resolution():

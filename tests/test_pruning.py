@@ -161,6 +161,59 @@ def test_the_index_adds_at_most_a_fifth_of_the_float16_bank():
     assert (index.pooled_lower_bound(x.flatten(1), query_sq, SHAPE).double() <= exact).all()
 
 
+def test_the_index_is_built_once_per_bank_and_outlives_each_generation():
+    """``release`` (end of a generation) drops the adapted views, not their index: the next generation's
+    view reuses it (with a fresh ``failed`` record); editing the bank builds a new one."""
+    generator = torch.Generator().manual_seed(12)
+    bank = LatentBank("kept", clustered(1024, generator))
+    size, cpu = (8, 8), torch.device("cpu")  # a resized view: a new tensor per generation
+    first = pruning_index(bank.adapted(device="cpu", size=size), cpu)
+    first.failed[True] = 0.5
+    bank.release()
+    again = pruning_index(bank.adapted(device="cpu", size=size), cpu)
+    assert again.centroids.data_ptr() == first.centroids.data_ptr() and again.failed == {}
+    bank.replace(clustered(1024, generator))
+    rebuilt = pruning_index(bank.adapted(device="cpu", size=size), cpu)
+    view = bank.adapted(device="cpu", size=size)
+    torch.testing.assert_close(rebuilt.sq_norms, view.flatten(1).square().sum(1))
+    edited = bank.adapted(device="cpu", size=(4, 4)).mul_(2)  # edited in place: no longer the bank's view
+    assert pruning_index(edited, cpu).sq_norms.data_ptr() != rebuilt.sq_norms.data_ptr()
+    bank.release()
+    assert pruning_index(bank.adapted(device="cpu", size=(4, 4)), cpu).sq_norms.max() < edited.square().sum(
+        (1, 2, 3)).max() / 3  # the edited copy's index was not kept for the bank
+
+
+def test_an_index_that_rules_the_bank_out_skips_reading_it_and_changes_no_output():
+    """The default mode asks the index first: an ordinary image's posterior, bounded from the centroids
+    alone, stays below the threshold, so the bank is not read; one heading for the bank fires as before."""
+    generator = torch.Generator().manual_seed(13)
+    negation = LatentBank("neg", clustered(1024, generator))
+    reference = LatentBank("ref", clustered(1024, generator), role="reference")
+    index_bytes = pruning_index(negation.adapted(device="cpu", size=SHAPE[1:]), torch.device("cpu")).cluster_bytes()
+    for anchor, fires in ((reference.latents[5:6], False), (negation.latents[3:4], True)):
+        x0 = anchor + 0.1 * torch.randn(1, *SHAPE, generator=generator)
+        steps = [(x0 + 0.05 * torch.randn(1, *SHAPE, generator=generator),
+                  x0 + sigma * torch.randn(1, *SHAPE, generator=generator), sigma) for sigma in (2.0, 1.0, 0.5, 0.2)]
+        outputs, records = {}, {}
+        for tolerance in (prune.DEFAULT_TOLERANCE, None):
+            engine = SafeDenoiser([(negation, 1.0)], reference=reference)
+            with pruning(tolerance):
+                outputs[tolerance] = [engine.correct_x0(x0_hat, x, sigma, i, len(steps))
+                                      for i, (x0_hat, x, sigma) in enumerate(steps)]
+            records[tolerance] = engine.report.images[0]
+        assert [r.fired for r in records[None]] == [fires] * len(steps)
+        assert [r.fired for r in records[prune.DEFAULT_TOLERANCE]] == [fires] * len(steps)
+        for pruned, full in zip(outputs[prune.DEFAULT_TOLERANCE], outputs[None]):
+            torch.testing.assert_close(pruned, full, rtol=1e-4, atol=1e-4)
+        read = [r.banks[0]["bytes_read"] for r in records[prune.DEFAULT_TOLERANCE]]
+        if fires:
+            assert all(value > index_bytes for value in read)
+        else:  # the centroids only; the reported posterior is a bound above the exact one
+            assert read == [index_bytes] * len(steps)
+            assert all(bound.beta >= exact.beta for bound, exact in zip(records[prune.DEFAULT_TOLERANCE],
+                                                                        records[None]))
+
+
 def test_the_pooled_bound_is_tight_for_blockwise_constant_latents():
     generator = torch.Generator().manual_seed(10)
     bank = clustered(1024, generator, smooth=True)

@@ -1,7 +1,7 @@
 """Speed of one correction against the released formulation and the memory lower bound.
 
 ``python -m lib_safedenoise.bench speed [--json PATH] [--quick] [--scaling [--sizes M ...] [--batches B ...]
-[--structures S ...] [--modes MODE ...]]``
+[--structures S ...] [--modes MODE ...] [--queries Q ...]]``
 
 For each latent shape (SD1 4x64x64, SDXL 4x128x128, SD3 16x128x128), bank size (515: the paper's nudity
 set, 3000: its CoPro set) and batch (1, 4) it times, best of a few runs:
@@ -18,13 +18,15 @@ set, 3000: its CoPro set) and batch (1, 4) it times, best of a few runs:
 With ``--scaling`` it measures instead how a whole sampling's correction grows with the bank (section
 ``scaling``): banks of ``--sizes`` items at SD1 shape (4x64x64, float16) from two generators, ``uniform``
 (i.i.d. N(0, 1) values: nothing is near anything, the worst case for pruning) and ``clustered`` (1,000
-centres drawn N(0, 1), items = centre + 0.3 N(0, 1)); for the default mode (with a 1,000-item clustered
-reference bank) and the released code's flat kernel (``reference``). One simulated trajectory per case:
-a target ``x0`` (a fresh draw of the generator: near the bank for ``clustered``), and at each sigma of a
-20-step SD1 schedule ``x = x0 + sigma eps`` and a prediction ``x0_hat = x0 + 0.3 sigma / sqrt(1 + sigma^2)
+centres drawn N(0, 1), items = centre + 0.3 N(0, 1)); for the default mode (with a reference bank of
+1,000 items around 100 other centres) and the released code's flat kernel (``reference``). One simulated trajectory per case:
+a target ``x0`` (``--queries``: ``near`` the negation bank, a banked item plus ``0.3 N(0, 1)``, where the
+default mode fires at every step; or ``away``, a reference item plus ``0.3 N(0, 1)``, an ordinary image,
+where it does not fire; the flat kernel acts at every step, so it runs ``near`` only), and at
+each sigma of a 20-step SD1 schedule ``x = x0 + sigma eps`` and a prediction ``x0_hat = x0 + 0.3 sigma / sqrt(1 + sigma^2)
 eps'``. Per sigma and summed over the sampling (``sigma: null``) it records the correction's time with
 certified pruning (``ours_s``) and with the full pass (``brute_force_s``, same run, same inputs), the
-largest certified error of any kernel in the step, the process CPU times (``*_cpu_s``: steadier than wall
+largest certified error of any kernel in the step, whether the correction fired (``fired``), the process CPU times (``*_cpu_s``: steadier than wall
 time on a machine shared with other jobs), the bytes read per bank (``bytes_read`` with pruning,
 ``brute_force_bytes`` without) and which bound certified (``bounds``); per case the index's build time and
 its size against the float16 bank. Each time is a single run (a 100,000-item brute-force pass takes seconds).
@@ -65,9 +67,11 @@ SCALING_SHAPE = (4, 64, 64)
 SCALING_SIZES = (1000, 10000, 100000)
 STRUCTURES = ("uniform", "clustered")
 SCALING_MODES = ("default", "reference")
+QUERIES = ("near", "away")
 SCALING_STEPS = 20
 CENTRES = 1000
 REFERENCE_SIZE = 1000
+REFERENCE_CENTRES = 100  # ten items each: every reference item has neighbours, as ordinary images do
 GENERATE_ROWS = 2000  # items generated per float32 chunk (130 MB at SD1 shape)
 
 
@@ -171,16 +175,14 @@ def bank_reads(record) -> dict:
     return {"bytes": reads, "error": max(errors)}
 
 
-def scaling_case(structure: str, mode: str, bank: LatentBank, reference: LatentBank | None, batch: int,
-                 centre_set, sigmas: list[float], seed: int) -> list[dict]:
+def scaling_case(structure: str, mode: str, query: str, bank: LatentBank, reference: LatentBank | None,
+                 batch: int, sigmas: list[float], seed: int) -> list[dict]:
     """Per-sigma records and the whole-sampling record of one case (see the module docstring)."""
     generator = torch.Generator().manual_seed(seed)
     shape = tuple(bank.latents.shape[1:])
-    if structure == "clustered":
-        x0 = centre_set[torch.randint(0, len(centre_set), (batch,), generator=generator)]
-        x0 = x0 + 0.3 * torch.randn(batch, *shape, generator=generator)
-    else:
-        x0 = torch.randn(batch, *shape, generator=generator)
+    anchored = bank if query == "near" else reference
+    anchors = anchored.latents[torch.randint(0, anchored.count, (batch,), generator=generator)].float()
+    x0 = anchors + 0.3 * torch.randn(batch, *shape, generator=generator)
     settings = dict(window=(0, 1), threshold=-1e9) if mode == "reference" else dict(window=(0, 1))
     make = lambda: SafeDenoiser([(bank, 1.0)], mode=mode, reference=reference, **settings)  # noqa: E731
     ours, brute = make(), make()
@@ -205,12 +207,14 @@ def scaling_case(structure: str, mode: str, bank: LatentBank, reference: LatentB
         pruned = [bank_reads(ours.report.images[image][-1]) for image in range(batch)]
         full = bank_reads(brute.report.images[0][-1])
         records.append({"bank_size": bank.count, "batch": batch, "structure": structure, "mode": mode,
-                        "sigma": sigma, "ours_s": ours_s, "brute_force_s": brute_s,
+                        "query": query, "sigma": sigma,
+                        "fired": any(ours.report.images[image][-1].fired for image in range(batch)), "ours_s": ours_s, "brute_force_s": brute_s,
                         "ours_cpu_s": ours_cpu, "brute_force_cpu_s": brute_cpu,
                         "certified_error": max(p["error"] for p in pruned),
                         "bytes_read": sum(pruned[0]["bytes"].values()), "bytes_read_by_bank": pruned[0]["bytes"],
-                        "brute_force_bytes": sum(full["bytes"].values())})
-    records.append({"bank_size": bank.count, "batch": batch, "structure": structure, "mode": mode, "sigma": None,
+                        "brute_force_bytes": sum(full["bytes"].values()), "brute_force_bytes_by_bank": full["bytes"]})
+    records.append({"bank_size": bank.count, "batch": batch, "structure": structure, "mode": mode,
+                    "query": query, "sigma": None, "fired": sum(r["fired"] for r in records),
                     **{key: sum(r[key] for r in records) for key in (
                         "ours_s", "brute_force_s", "ours_cpu_s", "brute_force_cpu_s", "bytes_read",
                         "brute_force_bytes")},
@@ -221,12 +225,13 @@ def scaling_case(structure: str, mode: str, bank: LatentBank, reference: LatentB
     return records
 
 
-def run_scaling(sizes, batches, structures, modes) -> list[dict]:
+def run_scaling(sizes, batches, structures, modes, queries=QUERIES) -> list[dict]:
     """Every scaling case; one bank in memory at a time (a 100,000-item SD1 bank is 3.3 GB)."""
     generator = torch.Generator().manual_seed(0)
     centre_set = centres(SCALING_SHAPE, generator)
     reference = LatentBank("reference", generate("clustered", REFERENCE_SIZE, SCALING_SHAPE,
-                                                 torch.Generator().manual_seed(1), centres(SCALING_SHAPE, generator)),
+                                                 torch.Generator().manual_seed(1),
+                                                 centres(SCALING_SHAPE, generator)[:REFERENCE_CENTRES]),
                            role="reference")
     sigmas = sd1_sigmas()
     records = []
@@ -239,10 +244,12 @@ def run_scaling(sizes, batches, structures, modes) -> list[dict]:
                     bank = LatentBank(f"{structure}-{count}", latents, channel_normalized=True)
                 else:
                     bank = LatentBank(f"{structure}-{count}", latents)
-                for batch in batches:
-                    records += scaling_case(structure, mode, bank, reference if mode == "default" else None,
-                                            batch, centre_set, sigmas, seed=batch)
-                    print(scaling_table(records[-1:]), flush=True)
+                for query in [q for q in queries if mode == "default" or q == "near"]:
+                    for batch in batches:
+                        records += scaling_case(structure, mode, query, bank,
+                                                reference if mode == "default" else None, batch, sigmas,
+                                                seed=batch)
+                        print(scaling_table(records[-1:]), flush=True)
                 bank.release()
             del latents
     return records
@@ -252,7 +259,8 @@ def scaling_table(records: list[dict]) -> str:
     lines = []
     for r in records:
         sigma = "all" if r["sigma"] is None else f"{r['sigma']:.3f}"
-        lines.append(f"{r['structure']:>9} {r['mode']:>9} M={r['bank_size']:>6} B={r['batch']} sigma={sigma:>6} "
+        lines.append(f"{r['structure']:>9} {r['mode']:>9} {r['query']:>4} M={r['bank_size']:>6} B={r['batch']} "
+                     f"sigma={sigma:>6} fired {int(r['fired']):>2} "
                      f"ours {r['ours_s']:8.3f}s brute {r['brute_force_s']:8.3f}s "
                      f"x{r['brute_force_s'] / r['ours_s']:5.1f} (cpu x{r['brute_force_cpu_s'] / r['ours_cpu_s']:5.1f}) err {r['certified_error']:.1e} "
                      f"read {r['bytes_read'] / 1e6:9.1f} MB (brute {r['brute_force_bytes'] / 1e6:9.1f} MB)")
@@ -284,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="scaling: bank generators")
     parser.add_argument("--modes", nargs="+", choices=SCALING_MODES, default=list(SCALING_MODES),
                         help="scaling: modes")
+    parser.add_argument("--queries", nargs="+", choices=QUERIES, default=list(QUERIES),
+                        help="scaling: where the simulated sampling heads (near the negation bank, or away)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice); on a "
                         "busy shared machine 1 thread gives the steadiest numbers")
     args = parser.parse_args(argv)
@@ -292,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"engine_version": ENGINE_VERSION, "default_mode": DEFAULT_MODE, "torch": torch.__version__,
               "threads": torch.get_num_threads(), "machine": platform.machine(), "device": "cpu"}
     if args.scaling:
-        result["scaling"] = run_scaling(args.sizes, args.batches, args.structures, args.modes)
+        result["scaling"] = run_scaling(args.sizes, args.batches, args.structures, args.modes, args.queries)
         if resource is not None:  # the whole process's peak, banks and their generation included
             result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         print(scaling_table([r for r in result["scaling"] if r["sigma"] is None]))

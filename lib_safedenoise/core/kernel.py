@@ -35,7 +35,7 @@ from typing import Any, Callable
 import torch
 
 from . import pruning as prune
-from .latent_bank import HostedBank, LatentBank
+from .latent_bank import HostedBank, LatentBank, lasting_store
 
 CHUNK_BYTES = 16 << 20
 """Float32 bytes of bank rows per chunk (a float16 bank's chunk is widened to this): large enough that the
@@ -218,12 +218,23 @@ def _exact(queries, rows: _Rows, count: int, norms, scale, squared: bool, chunk:
 
 
 def pruning_index(bank, device, chunk_rows: int | None = None) -> prune.PruningIndex:
-    """The bank's ``pruning.PruningIndex`` on ``device`` (built once per bank tensor, freed with it)."""
+    """The bank's ``pruning.PruningIndex`` on ``device``: built once per bank (a CPU copy outlives the
+    generation in the bank's ``lasting_store``), moved to ``device`` once per adapted view."""
     rows = _Rows(bank, device)
     chunk = chunk_rows or max(MIN_CHUNK_ROWS, CHUNK_BYTES // (4 * rows.items.shape[1]))
-    return derived(rows.storage, ("pruning_index", str(device)), lambda: prune.build_index(
-        rows.items.shape[0], lambda start, stop: rows.rows(start, stop).reshape(-1, *rows.storage.shape[1:]),
-        tuple(rows.storage.shape[1:]), rows.storage.dtype, device, chunk))
+
+    def build() -> prune.PruningIndex:
+        store = lasting_store(rows.storage)
+        if store is not None and "pruning_index" in store:
+            return store["pruning_index"].to(device)
+        index = prune.build_index(
+            rows.items.shape[0], lambda start, stop: rows.rows(start, stop).reshape(-1, *rows.storage.shape[1:]),
+            tuple(rows.storage.shape[1:]), rows.storage.dtype, device, chunk)
+        if store is not None:
+            store["pruning_index"] = index.to("cpu")
+        return index
+
+    return derived(rows.storage, ("pruning_index", str(device)), build)
 
 
 def _direct_sq(queries, items, chunk: int) -> torch.Tensor:
@@ -325,6 +336,28 @@ def kernel_pass(x: torch.Tensor, bandwidth, bank, *, squared: bool = True,
     return result
 
 
+def log_weight_ceiling(x: torch.Tensor, bandwidth, bank) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Upper bounds on ``kernel_pass(x, bandwidth, bank).log_weight_sum`` (squared distances) and lower bounds
+    on its ``min_sq_distance``, ``[B]`` each, from the bank's pruning index alone (its cluster bound: one read
+    of the centroids); ``None`` where the bank is not pruned (fewer than ``min_items`` items, or pruning off),
+    so callers fall back to ``kernel_pass``. Lets a caller rule a bank out without reading it."""
+    check_compatible(x, bank)
+    batch, count = x.shape[0], bank.shape[0]
+    if _tolerance.get() is None or count < _min_items.get():
+        return None
+    index = pruning_index(bank, x.device)
+    queries = x.reshape(batch, -1).float()
+    lower = index.cluster_lower_bound(queries, queries.square().sum(1))
+    scale = -0.5 / per_image(bandwidth, batch, x.device).square()
+    ceiling = (lower * scale[:, None]).logsumexp(1)
+    ledger = _ledger.get()
+    if ledger is not None:
+        zero = [0.0] * batch
+        ledger.append(KernelRecord(id(_Rows(bank, x.device).storage), count, "ceiling", 0, index.cluster_bytes(),
+                                   zero, zero))
+    return ceiling, lower.amin(1)
+
+
 def bank_tensor(bank, like: torch.Tensor):
     """A ``[M, C, H, W]`` tensor or ``HostedBank`` as is; a ``LatentBank`` adapted to ``like``'s device and
     latent size, in its storage dtype."""
@@ -342,10 +375,11 @@ def unsafe_denoiser(x: torch.Tensor, sigma, bank) -> torch.Tensor:
     return kernel_pass(x, sigma, bank_tensor(bank, x)).mean.reshape(x.shape).to(x.dtype)
 
 
-def log_density(stats: KernelPass, bandwidth, count: int, width: int) -> torch.Tensor:
-    """``log((1/M) sum_n N(x; x_n, h^2 I))`` from a squared-distance pass with bandwidth ``h``."""
-    h = per_image(bandwidth, stats.log_weight_sum.shape[0], stats.log_weight_sum.device)
-    return stats.log_weight_sum - math.log(count) - 0.5 * width * torch.log(2 * math.pi * h.square())
+def log_density(log_weight_sum: torch.Tensor, bandwidth, count: int, width: int) -> torch.Tensor:
+    """``log((1/M) sum_n N(x; x_n, h^2 I))`` from a squared-distance pass's ``log_weight_sum`` (or a bound on
+    it) with bandwidth ``h``."""
+    h = per_image(bandwidth, log_weight_sum.shape[0], log_weight_sum.device)
+    return log_weight_sum - math.log(count) - 0.5 * width * torch.log(2 * math.pi * h.square())
 
 
 def log_kernel_density(x: torch.Tensor, sigma, bank) -> torch.Tensor:
@@ -354,4 +388,4 @@ def log_kernel_density(x: torch.Tensor, sigma, bank) -> torch.Tensor:
     ``bank`` as for ``unsafe_denoiser``."""
     bank = bank_tensor(bank, x)
     stats = kernel_pass(x, sigma, bank)
-    return log_density(stats, sigma, bank.shape[0], x[0].numel())
+    return log_density(stats.log_weight_sum, sigma, bank.shape[0], x[0].numel())

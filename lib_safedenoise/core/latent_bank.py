@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import threading
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -31,6 +32,23 @@ BF16_DEVICES = ("xla", "hpu")
 """Device types whose half-precision arithmetic is bfloat16."""
 
 FLOAT16_MAX = 65504.0
+
+_view_owners: dict[int, tuple[weakref.ref, tuple, int]] = {}  # id(view) -> (bank, view key, view._version)
+
+
+def lasting_store(view: torch.Tensor) -> dict | None:
+    """A dict for values derived from an adapted ``view`` that outlive the view (``release`` drops views when
+    a generation ends, not what was learnt from them): one per bank, dtype and latent size, holding CPU
+    tensors by convention, emptied when the bank is edited. ``None`` for a tensor that is not a bank's
+    current, unedited view."""
+    owner = _view_owners.get(id(view))
+    bank = None if owner is None else owner[0]()
+    if bank is None or view._version != owner[2]:
+        return None
+    with bank._lock:
+        if bank._views.get(owner[1]) is not view:
+            return None
+        return bank._lasting.setdefault(owner[1][1:], {})
 
 
 def storage_dtype(latents: torch.Tensor, device) -> torch.dtype:
@@ -102,6 +120,7 @@ class LatentBank:
         self._lock = threading.Lock()
         self._views: dict[tuple, torch.Tensor] = {}
         self._dtypes: dict[str, torch.dtype] = {}  # storage dtype per device type
+        self._lasting: dict[tuple, dict] = {}  # (dtype, size) -> lasting_store
         self.version = 0
         self._validate(self.latents)
         if self.role not in ROLES:
@@ -135,6 +154,7 @@ class LatentBank:
             self.latents = latents
             self._views.clear()
             self._dtypes.clear()
+            self._lasting.clear()
             self.version += 1
 
     def adapted(self, *, device, size: tuple[int, int], dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -146,6 +166,9 @@ class LatentBank:
             if view is None:
                 view = resize_latents(self.latents, tuple(size)).to(device=device, dtype=dtype).contiguous()
                 self._views[key] = view
+                if id(view) not in _view_owners:  # a live view (maybe the latents themselves) has one finalizer
+                    weakref.finalize(view, _view_owners.pop, id(view), None)
+                _view_owners[id(view)] = (weakref.ref(self), key, view._version)
             return view
 
     def _storage_dtype(self, device) -> torch.dtype:
@@ -164,6 +187,7 @@ class LatentBank:
         return HostedBank(self.adapted(device="cpu", size=size, dtype=dtype), torch.device(device))
 
     def release(self) -> None:
-        """Free every adapted view (called when a generation ends, so banks leave the GPU)."""
+        """Free every adapted view (called when a generation ends, so banks leave the GPU); their
+        ``lasting_store`` values stay."""
         with self._lock:
             self._views.clear()

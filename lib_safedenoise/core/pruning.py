@@ -63,8 +63,8 @@ KMEANS_ROUNDS = 2
 certificate (every bound holds for any centroid)."""
 
 MIN_ITEMS = 50_000
-"""Banks smaller than this are always read in full: the index is built per generation, and below this size
-its cost and the failed attempts outweigh what it saves (``python -m lib_safedenoise.bench speed --scaling``;
+"""Banks smaller than this are always read in full: below this size the failed attempts and the gathering
+of survivors outweigh what pruning saves (``python -m lib_safedenoise.bench speed --scaling``;
 README "Big banks")."""
 
 SEEDS = 8
@@ -95,7 +95,7 @@ class PruningIndex:
     ``residual [M]`` the float32 distance ``|x_n - c_j|`` to its centroid. ``failed`` maps a kernel kind
     (squared or not) to the smallest bandwidth at which pruning did not pay: wider kernels prune less, so
     passes at that bandwidth or wider go straight to the full pass (a choice of speed only, never of
-    correctness; the index lives for one generation, whose noise levels fall).
+    correctness; ``to`` starts it afresh for each generation, whose noise levels fall).
     """
 
     sq_norms: torch.Tensor
@@ -110,6 +110,12 @@ class PruningIndex:
     @property
     def count(self) -> int:
         return self.sq_norms.shape[0]
+
+    def to(self, device) -> PruningIndex:
+        """The index on ``device`` with nothing ``failed`` yet (tensors already there are shared)."""
+        return PruningIndex(*(None if t is None else t.to(device) for t in (
+            self.sq_norms, self.pooled, self.pooled_sq, self.centroids, self.centroid_sq, self.assignment,
+            self.residual)))
 
     def nbytes(self) -> int:
         """Memory the index adds beside the bank."""
