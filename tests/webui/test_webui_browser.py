@@ -6,21 +6,17 @@ Screenshots go to ``artifacts/webui/`` (ignored by git).
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from webui_page import ACCORDION, opened_page
 from webui_server import REPO_ROOT
 
 pytestmark = [pytest.mark.webui, pytest.mark.browser]
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 ARTIFACTS = REPO_ROOT / "artifacts" / "webui"
-ACCORDION = "#safe_denoiser_txt2img"
 TAB = "#safe_denoiser_tab"
 PAGE_TIMEOUT_MS = 180_000
 
@@ -28,21 +24,10 @@ PAGE_TIMEOUT_MS = 180_000
 @pytest.fixture
 def loaded_page(webui):
     """The txt2img page, loaded, and a function returning what the server logged since it was requested."""
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    if not CHROMIUM.is_file():
-        pytest.skip(f"no Chromium at {CHROMIUM}")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(PAGE_TIMEOUT_MS)
-            log_before = len(webui.log())
-            page.goto(webui.url, wait_until="load", timeout=PAGE_TIMEOUT_MS)
-            page.wait_for_selector(ACCORDION, state="attached")
-            yield page, lambda: webui.log()[log_before:]
-        finally:
-            browser.close()
+    log_before = len(webui.log())
+    with opened_page(webui, PAGE_TIMEOUT_MS) as page:
+        yield page, lambda: webui.log()[log_before:]
 
 
 def test_accordion_renders_in_txt2img_and_hints_load(loaded_page):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from webui_page import opened_page
 from webui_server import REPO_ROOT, script_args
 
 sys.path.insert(0, str(REPO_ROOT))
@@ -23,9 +24,6 @@ from lib_safedenoise.webui.negate_image import ROUTE  # noqa: E402
 pytestmark = pytest.mark.webui
 
 NEGATE = f"{ROUTE_PREFIX}{ROUTE}"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 SCREENSHOTS = REPO_ROOT / "artifacts" / "screenshots"
 PAGE_TIMEOUT_MS = 300_000
 
@@ -67,45 +65,35 @@ def test_generated_images_go_to_a_bank_that_then_drives_a_generation(webui):
 
 @pytest.mark.browser
 def test_the_gallery_button_adds_a_generated_image_on_the_webui_page(webui):
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    if not CHROMIUM.is_file():
-        pytest.skip(f"no Chromium at {CHROMIUM}")
     name = "webui-suite-gallery"
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(PAGE_TIMEOUT_MS)
-            page.goto(webui.url, wait_until="load", timeout=PAGE_TIMEOUT_MS)
-            button = page.locator("#safe_denoiser_txt2img_negate_image")
-            button.wait_for(state="attached")
-            assert page.locator("#image_buttons_txt2img #safe_denoiser_txt2img_negate_image").count() == 1
-            page.locator("#txt2img_prompt textarea").fill("a cat")
-            for slider, value in (("steps", "3"), ("width", "64"), ("height", "64")):
-                box = page.locator(f"#txt2img_{slider} input[type=number]")
-                box.fill(value)
-                box.press("Enter")
-            page.locator("#txt2img_generate").click()
-            page.locator("#txt2img_gallery img").first.wait_for()
-            page.wait_for_function("!document.querySelector('#txt2img_interrupt')?.offsetParent")
-            questions = []
+    with opened_page(webui, PAGE_TIMEOUT_MS) as page:
+        button = page.locator("#safe_denoiser_txt2img_negate_image")
+        button.wait_for(state="attached")
+        assert page.locator("#image_buttons_txt2img #safe_denoiser_txt2img_negate_image").count() == 1
+        page.locator("#txt2img_prompt textarea").fill("a cat")
+        for slider, value in (("steps", "3"), ("width", "64"), ("height", "64")):
+            box = page.locator(f"#txt2img_{slider} input[type=number]")
+            box.fill(value)
+            box.press("Enter")
+        page.locator("#txt2img_generate").click()
+        page.locator("#txt2img_gallery img").first.wait_for()
+        page.wait_for_function("!document.querySelector('#txt2img_interrupt')?.offsetParent")
+        questions = []
 
-            def answer(dialog):
-                questions.append(dialog.message)
-                dialog.accept(name)
+        def answer(dialog):
+            questions.append(dialog.message)
+            dialog.accept(name)
 
-            page.once("dialog", answer)
-            button.click()
-            log = page.locator("#html_log_txt2img").first
-            deadline = time.monotonic() + PAGE_TIMEOUT_MS / 1000
-            while "Added" not in log.inner_text() and time.monotonic() < deadline:
-                time.sleep(1)
-            page.screenshot(path=str(SCREENSHOTS / f"webui-{webui.config.kind}-negate-this-image.png"), full_page=True)
-            assert f'a new negation bank "{name}"' in log.inner_text(), log.inner_text()
-            assert len(questions) == 1 and "Negate this image" in questions[0]
-            assert "webui-suite-sd1 (6)" in questions[0]  # the negation banks it may go to are named
-        finally:
-            browser.close()
+        page.once("dialog", answer)
+        button.click()
+        log = page.locator("#html_log_txt2img").first
+        deadline = time.monotonic() + PAGE_TIMEOUT_MS / 1000
+        while "Added" not in log.inner_text() and time.monotonic() < deadline:
+            time.sleep(1)
+        page.screenshot(path=str(SCREENSHOTS / f"webui-{webui.config.kind}-negate-this-image.png"), full_page=True)
+        assert f'a new negation bank "{name}"' in log.inner_text(), log.inner_text()
+        assert len(questions) == 1 and "Negate this image" in questions[0]
+        assert "webui-suite-sd1 (6)" in questions[0]  # the negation banks it may go to are named
     meta = fileformat.read_metadata(webui.bank_dir / f"{name}.safetensors")
     assert (meta.latent_space, meta.role, meta.count) == ("sd1", "negation", 1)

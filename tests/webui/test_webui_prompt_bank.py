@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from test_webui_browser import CHROMIUM, CHROMIUM_ARGS
+from webui_page import opened_page
 from webui_server import REPO_ROOT, script_args
 
 sys.path.insert(0, str(REPO_ROOT))
@@ -82,20 +82,9 @@ def test_one_click_reference_of_the_models_own_samples(webui, needs_checkpoint):
 
 @pytest.fixture
 def page(webui):
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    if not CHROMIUM.is_file():
-        pytest.skip(f"no Chromium at {CHROMIUM}")
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(PAGE_TIMEOUT_MS)
-            page.goto(webui.url, wait_until="load", timeout=PAGE_TIMEOUT_MS)
-            page.wait_for_selector("#safe_denoiser_txt2img", state="attached")
-            yield page
-        finally:
-            browser.close()
+    with opened_page(webui, PAGE_TIMEOUT_MS) as loaded:
+        yield loaded
 
 
 def test_quick_start_type_what_to_avoid_build_tick(page, webui, needs_checkpoint):
