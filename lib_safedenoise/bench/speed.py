@@ -18,18 +18,19 @@ set, 3000: its CoPro set) and batch (1, 4) it times, best of a few runs:
 With ``--scaling`` it measures instead how a whole sampling's correction grows with the bank (section
 ``scaling``): banks of ``--sizes`` items at SD1 shape (4x64x64, float16) from two generators, ``uniform``
 (i.i.d. N(0, 1) values: nothing is near anything, the worst case for pruning) and ``clustered`` (1,000
-centres drawn N(0, 1), items = centre + 0.3 N(0, 1)); for the default mode (with a reference bank of
-1,000 items around 100 other centres) and the released code's flat kernel (``reference``). One simulated trajectory per case:
-a target ``x0`` (``--queries``: ``near`` the negation bank, a banked item plus ``0.3 N(0, 1)``, where the
-default mode fires at every step; or ``away``, a reference item plus ``0.3 N(0, 1)``, an ordinary image,
-where it does not fire; the flat kernel acts at every step, so it runs ``near`` only), and at
-each sigma of a 20-step SD1 schedule ``x = x0 + sigma eps`` and a prediction ``x0_hat = x0 + 0.3 sigma / sqrt(1 + sigma^2)
-eps'``. Per sigma and summed over the sampling (``sigma: null``) it records the correction's time with
-certified pruning (``ours_s``) and with the full pass (``brute_force_s``, same run, same inputs), the
-largest certified error of any kernel in the step, whether the correction fired (``fired``), the process CPU times (``*_cpu_s``: steadier than wall
-time on a machine shared with other jobs), the bytes read per bank (``bytes_read`` with pruning,
-``brute_force_bytes`` without) and which bound certified (``bounds``); per case the index's build time and
-its size against the float16 bank. Each time is a single run (a 100,000-item brute-force pass takes seconds).
+centres drawn N(0, 1), items = centre + 0.3 N(0, 1)); for the default mode (with a reference bank of 1,000
+items around 100 other centres) and the released code's flat kernel (``reference``). One simulated
+trajectory per case: a target ``x0`` (``--queries``: ``near`` the negation bank, a banked item plus ``0.3
+N(0, 1)``, where the default mode fires at every step; or ``away``, a reference item plus ``0.3 N(0, 1)``,
+an ordinary image, where it does not fire; the flat kernel acts at every step, so it runs ``near`` only),
+and at each sigma of a 20-step SD1 schedule ``x = x0 + sigma eps`` and a prediction ``x0_hat = x0 + 0.3
+sigma / sqrt(1 + sigma^2) eps'``. Per sigma and summed over the sampling (``sigma: null``) it records the
+correction's time with certified pruning (``ours_s``) and with the full pass (``brute_force_s``, same run,
+same inputs), the largest certified error of any kernel in the step, whether the correction fired
+(``fired``), the process CPU times (``*_cpu_s``: steadier than wall time on a machine shared with other
+jobs), the bytes read per bank (``bytes_read`` with pruning, ``brute_force_bytes`` without) and which bound
+certified (``bounds``); per case the index's build time and its size against the float16 bank. Each time is
+a single run (a 100,000-item brute-force pass takes seconds).
 
 Timings on a shared machine are noisy; ratios within one run are what to compare. ``--threads 1``
 steadies them where other jobs compete for the cores.
@@ -208,7 +209,8 @@ def scaling_case(structure: str, mode: str, query: str, bank: LatentBank, refere
         full = bank_reads(brute.report.images[0][-1])
         records.append({"bank_size": bank.count, "batch": batch, "structure": structure, "mode": mode,
                         "query": query, "sigma": sigma,
-                        "fired": any(ours.report.images[image][-1].fired for image in range(batch)), "ours_s": ours_s, "brute_force_s": brute_s,
+                        "fired": any(ours.report.images[image][-1].fired for image in range(batch)),
+                        "ours_s": ours_s, "brute_force_s": brute_s,
                         "ours_cpu_s": ours_cpu, "brute_force_cpu_s": brute_cpu,
                         "certified_error": max(p["error"] for p in pruned),
                         "bytes_read": sum(pruned[0]["bytes"].values()), "bytes_read_by_bank": pruned[0]["bytes"],

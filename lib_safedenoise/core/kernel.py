@@ -296,6 +296,18 @@ def _pruned(queries, rows: _Rows, index: prune.PruningIndex, scale, squared: boo
                       read + rows.bytes_read + 2 * kept.numel() * rows.row_bytes), 0
 
 
+def _prunes(count: int) -> bool:
+    """Whether a bank of ``count`` items is pruned here (``pruning``'s tolerance and size)."""
+    return _tolerance.get() is not None and count >= _min_items.get()
+
+
+def _record(record: KernelRecord) -> None:
+    """Hand one pass's record to the enclosing ``reading()`` block, if any."""
+    ledger = _ledger.get()
+    if ledger is not None:
+        ledger.append(record)
+
+
 def kernel_pass(x: torch.Tensor, bandwidth, bank, *, squared: bool = True,
                 chunk_rows: int | None = None) -> KernelPass:
     """The Gaussian kernel ``w_n = exp(-dist_n / (2 h^2))`` of every query against ``bank``: pruned with a
@@ -313,13 +325,13 @@ def kernel_pass(x: torch.Tensor, bandwidth, bank, *, squared: bool = True,
     rows = _Rows(bank, x.device)
     chunk = chunk_rows or max(MIN_CHUNK_ROWS, CHUNK_BYTES // (4 * queries.shape[1]))
     scale = -0.5 / per_image(bandwidth, batch, x.device).square()
-    tolerance = _tolerance.get()
     result, wasted = None, 0
-    if tolerance is not None and count >= _min_items.get():
+    if _prunes(count):
         index = pruning_index(bank, x.device, chunk_rows)
         narrowest = float(per_image(bandwidth, batch, x.device).amin())
         if narrowest < index.failed.get(squared, math.inf):
-            result, wasted = _pruned(queries, rows, index, scale, squared, chunk, tolerance, tuple(x.shape[1:]))
+            result, wasted = _pruned(queries, rows, index, scale, squared, chunk, _tolerance.get(),
+                                     tuple(x.shape[1:]))
             if result is None:
                 index.failed[squared] = narrowest
     if result is None:
@@ -329,10 +341,8 @@ def kernel_pass(x: torch.Tensor, bandwidth, bank, *, squared: bool = True,
                                        sparse=x.device.type == "cpu" or rows.hosted)
         zero = torch.zeros_like(log_sum)
         result = KernelPass(mean, log_sum, min_sq, zero, zero, "full", count, wasted + rows.bytes_read)
-    ledger = _ledger.get()
-    if ledger is not None:
-        ledger.append(KernelRecord(id(rows.storage), count, result.bound, result.kept, result.bytes_read,
-                                   result.certified_error.tolist(), result.denoiser_error.tolist()))
+    _record(KernelRecord(id(rows.storage), count, result.bound, result.kept, result.bytes_read,
+                         result.certified_error.tolist(), result.denoiser_error.tolist()))
     return result
 
 
@@ -343,18 +353,15 @@ def log_weight_ceiling(x: torch.Tensor, bandwidth, bank) -> tuple[torch.Tensor, 
     so callers fall back to ``kernel_pass``. Lets a caller rule a bank out without reading it."""
     check_compatible(x, bank)
     batch, count = x.shape[0], bank.shape[0]
-    if _tolerance.get() is None or count < _min_items.get():
+    if not _prunes(count):
         return None
     index = pruning_index(bank, x.device)
     queries = x.reshape(batch, -1).float()
     lower = index.cluster_lower_bound(queries, queries.square().sum(1))
     scale = -0.5 / per_image(bandwidth, batch, x.device).square()
     ceiling = (lower * scale[:, None]).logsumexp(1)
-    ledger = _ledger.get()
-    if ledger is not None:
-        zero = [0.0] * batch
-        ledger.append(KernelRecord(id(_Rows(bank, x.device).storage), count, "ceiling", 0, index.cluster_bytes(),
-                                   zero, zero))
+    zero = [0.0] * batch
+    _record(KernelRecord(id(_Rows(bank, x.device).storage), count, "ceiling", 0, index.cluster_bytes(), zero, zero))
     return ceiling, lower.amin(1)
 
 
