@@ -193,12 +193,12 @@ def shipped_run():
 
 
 def test_as_shipped_methods_report_every_metric_from_the_models_own_samples(shipped_run):
-    """A new user's banks are made from the model's own samples (12 of K, 40 unconditional), and both
+    """A new user's banks are made from the model's own samples (12 of K, 40 of every label), and both
     methods run every scenario, the memorised one included (its bank: the memorised images themselves)."""
     own = shipped_run["own_samples"]
     assert own["prompt_bank_size"] == 12 and own["own_reference_size"] == 40
     assert 0 <= own["claimed_judged_negated"] <= own["own_reference_judged_negated"] <= 40
-    assert own["own_reference_judged_negated"] >= 1  # 9 is the unconditional model's most frequent class
+    assert own["own_reference_judged_negated"] >= 1  # every label is asked for, K among them
     for name in ("default-as-shipped", "default-prompt-bank"):
         metrics = shipped_run["methods"][name]
         assert set(efficacy.REQUIRED_METRICS) <= set(metrics)
@@ -208,17 +208,36 @@ def test_as_shipped_methods_report_every_metric_from_the_models_own_samples(ship
 
 
 def test_own_sample_banks_are_the_models_samples_on_seeds_no_scenario_uses():
+    """The prompt bank: half at CFG 1, half at the run's CFG; the reference: every label cycled at the run's
+    CFG (or unconditional samples), each on its own seeds."""
     setup = efficacy.Setup("euler", 4, 8, 0, 8, 2.0, efficacy.digits.load_evaluator())
     model = efficacy.digits.load_model()
-    banks = efficacy.own_sample_banks(setup, model, 3, prompt_bank_size=5, own_reference_size=6)
-    again, _ = efficacy.sample_latents(setup, model, efficacy.Intervention(), 3, count=5, cfg_scale=2.0,
-                                       seed_offset=efficacy.OWN_SAMPLES["prompt_bank"])
-    torch.testing.assert_close(banks["prompt_bank"].latents, again)
-    asked, _ = efficacy.sample_latents(setup, model, efficacy.Intervention(), 3, count=5, cfg_scale=2.0, seed_offset=1)
-    assert not torch.allclose(asked, again)  # scenario 1's seeds differ
+    banks = efficacy.own_sample_banks(setup, model, 3, prompt_bank_size=6, own_reference_size=6)
+
+    def own(labels, count, scale, key):
+        return efficacy.sample_latents(setup, model, efficacy.Intervention(), labels, count=count, cfg_scale=scale,
+                                       seed_offset=efficacy.OWN_SAMPLES[key])[0]
+
+    guided = own(3, 3, 2.0, "prompt_bank")
+    torch.testing.assert_close(banks["prompt_bank"].latents, torch.cat([own(3, 3, 1.0, "prompt_bank_unguided"),
+                                                                        guided]))
+    asked, _ = efficacy.sample_latents(setup, model, efficacy.Intervention(), 3, count=3, cfg_scale=2.0, seed_offset=1)
+    assert not torch.allclose(asked, guided)  # scenario 1's seeds differ
     assert banks["own_reference"].role == "reference" and banks["own_reference"].count == 6
+    torch.testing.assert_close(banks["own_reference"].latents, own(list(range(10)), 6, 2.0, "own_reference"))
+    summary = banks["summary"]
+    assert summary["prompt_bank_unguided"] == 3 and summary["own_reference_prompts"] == "labels"
+    empty = efficacy.own_sample_banks(setup, model, 3, prompt_bank_size=2, own_reference_size=6, unguided_share=0,
+                                      own_reference_prompts="empty")
+    torch.testing.assert_close(empty["prompt_bank"].latents, own(3, 2, 2.0, "prompt_bank"))
+    torch.testing.assert_close(empty["own_reference"].latents, own(None, 6, 2.0, "own_reference"))
     with pytest.raises(ValueError, match="prompt-bank-size"):
         efficacy.own_sample_banks(setup, model, 3, prompt_bank_size=0, own_reference_size=6)
+    with pytest.raises(ValueError, match="unguided-share"):
+        efficacy.own_sample_banks(setup, model, 3, prompt_bank_size=4, own_reference_size=6, unguided_share=1.5)
+    with pytest.raises(ValueError, match="labels, empty"):
+        efficacy.own_sample_banks(setup, model, 3, prompt_bank_size=4, own_reference_size=6,
+                                  own_reference_prompts="generic")
 
 
 def test_targets_pool_each_class_over_its_seeds():

@@ -410,6 +410,13 @@ def _take(source: Source, label: str, folder: Path | None, extensions: set[str],
 
 # --------------------------------------------------------------------------- generated latents
 
+UNGUIDED_SHARE = 0.5
+"""Share of a bank made from a prompt that is sampled at CFG 1 (the model's plain conditional draws), the rest
+at the requested CFG. Guided samples alone cover only the concept's strongly guided, typical look: the model's
+unprompted draws of it (from empty or other prompts) then lie nearer ordinary images than any banked one, so
+the correction lets them through and the reference filter (``core.reference``) does not claim them from a
+reference of the model's own samples (``docs/modes.md``)."""
+
 def write_generated_bank(latents: torch.Tensor, dest: str | os.PathLike, *, space: spaces.LatentSpace,
                          generation: dict, role: str = "negation", overwrite: bool = False,
                          title: str | None = None, description: str = "", author: str = "", license: str = "",

@@ -2,7 +2,8 @@
 
 ``python -m lib_safedenoise.bench efficacy [--negate K ...] [--seed S ...] [--samples N] [--sampler NAME]
 [--cfg SCALE] [--report-cfg SCALE] [--methods NAME ...] [--scenarios standard|attack ...]
-[--prompt-bank-size N] [--own-reference-size N] [--target-method NAME] [--json PATH] [--out DIR]``
+[--prompt-bank-size N] [--prompt-bank-unguided-share F] [--own-reference-size N] [--own-reference-prompts labels|empty]
+[--target-method NAME] [--json PATH] [--out DIR]``
 
 Several classes or seeds run one benchmark each and end with a table of the targets of ``--target-method``
 (default ``default``) per run (``TARGETS``), and with several seeds also per class on its seeds pooled
@@ -10,10 +11,13 @@ Several classes or seeds run one benchmark each and end with a table of the targ
 "pooled": [...]}``.
 
 The product as a new user gets it: ``default-as-shipped`` is the default mode with a negation bank made from
-prompts (``--prompt-bank-size`` of the model's own samples of K, seeds no scenario uses) and a reference of
-the model's own unconditional samples (``--own-reference-size``), which the engine filters
-(``core.reference``); in scenario 4 its bank is the memorised images themselves and its reference the
-memorising model's own unconditional samples. ``default-prompt-bank``: the same negation bank with the
+prompts (``--prompt-bank-size`` of the model's own samples of K, seeds no scenario uses; a share
+``--prompt-bank-unguided-share`` of them at CFG 1, the rest at the run's CFG, as the WebUI's prompt banks are
+made) and a reference of the model's own samples of ordinary prompts (``--own-reference-size``; every label
+cycled at the run's CFG, the analogue of the one-click reference's generic prompts, or with
+``--own-reference-prompts empty`` unconditional samples), which the engine filters (``core.reference``); in
+scenario 4 its bank is the memorised images themselves and its reference the memorising model's own samples
+of the same prompts. ``default-prompt-bank``: the same negation bank with the
 hand-made reference. The run's ``own_samples`` tells how many reference samples the evaluator judges K and
 how many of those (and of the others) the filter drops.
 
@@ -65,6 +69,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lib_safedenoise.banks.builder import UNGUIDED_SHARE
 from lib_safedenoise.banks.fileformat import write_atomically
 from lib_safedenoise.bench import digits
 from lib_safedenoise.bench.stats import Z95, wilson_interval
@@ -88,8 +93,8 @@ class NegationTask:
     ``reference``: the hand-made reference bank of ordinary images (for modes that contrast against one).
     As a new user gets it (``OWN_SAMPLES``): ``prompt_bank``, the negation bank made the product's way, from
     the model's own samples of the negated label (for specific images, the images themselves: what a rights
-    holder has); ``own_reference``, the model's own unconditional samples, which the engine filters
-    (``core.reference``). Both ``None`` unless a method of the run asks for them.
+    holder has); ``own_reference``, the model's own samples of ordinary prompts (``own_sample_banks``), which
+    the engine filters (``core.reference``). Both ``None`` unless a method of the run asks for them.
     """
 
     bank: LatentBank
@@ -197,8 +202,8 @@ for _method in (
     engine_method("default-no-reference", "default", "the default mode with only its Gaussian background",
                   reference="none"),
     engine_method("default-as-shipped", "default", "the default mode as a new user gets it: negation bank "
-                  "from prompts (the model's own samples of K), reference = the model's own unconditional "
-                  "samples, filtered by the engine", negation="prompt", reference="own"),
+                  "from prompts (the model's own samples of K), reference = the model's own samples of ordinary "
+                  "prompts, filtered by the engine", negation="prompt", reference="own"),
     engine_method("default-prompt-bank", "default", "the default mode with the prompt-made negation bank and "
                   "the hand-made reference bank", negation="prompt"),
 ):
@@ -212,8 +217,12 @@ new user gets it (each method's scenarios take minutes at 500 samples; README gi
 The others run with ``--methods``."""
 
 PROMPT_BANK_SIZE = 100  # the model's own samples of K in the prompt-made negation bank
-OWN_REFERENCE_SIZE = 400  # the model's own unconditional samples in the reference nobody curated
-OWN_SAMPLES = {"prompt_bank": 80_001, "own_reference": 80_002, "memorised_own_reference": 80_003}
+OWN_REFERENCE_SIZE = 400  # the model's own samples of ordinary prompts in the reference nobody curated
+OWN_REFERENCE_PROMPTS = {"labels": list(range(10)), "empty": None}
+"""The own reference's prompts: every label cycled (the one-click reference's generic prompts: ordinary
+subjects, the negated one among them as often as any) or the empty prompt (unconditional samples)."""
+OWN_SAMPLES = {"prompt_bank": 80_001, "own_reference": 80_002, "memorised_own_reference": 80_003,
+               "prompt_bank_unguided": 80_004}
 """Seed offsets of the model's own samples that make a new user's banks (disjoint from every scenario's)."""
 
 
@@ -299,30 +308,43 @@ def memorized_bank(setup: Setup, memorizer) -> tuple[torch.Tensor, torch.Tensor]
 
 # ---- the benchmark -------------------------------------------------------------------------------------
 
-def own_sample_banks(setup: Setup, model, negate: int, *, prompt_bank_size: int, own_reference_size: int) -> dict:
+def own_sample_banks(setup: Setup, model, negate: int, *, prompt_bank_size: int, own_reference_size: int,
+                     unguided_share: float = UNGUIDED_SHARE, own_reference_prompts: str = "labels") -> dict:
     """A new user's banks, made from the model's own samples on seeds no scenario uses (``OWN_SAMPLES``):
-    ``prompt_bank`` (``prompt_bank_size`` samples of label ``negate`` at the run's sampler, steps and CFG)
-    and ``own_reference`` (``own_reference_size`` unconditional samples), plus ``summary``: their sizes, how
-    many reference items the evaluator judges ``negate``, and how many of those and of the others the engine's
-    filter drops (``core.reference.filtered_reference`` with the default mode's settings)."""
+    ``prompt_bank`` (``prompt_bank_size`` samples of label ``negate`` at the run's sampler and steps, the share
+    ``unguided_share`` of them at CFG 1 and the rest at the run's CFG, as ``webui.prompt_bank`` makes them)
+    and ``own_reference`` (``own_reference_size`` samples of ``OWN_REFERENCE_PROMPTS[own_reference_prompts]``
+    at the run's CFG), plus ``summary``: their sizes, how many reference items the evaluator judges
+    ``negate``, and how many of those and of the others the engine's filter drops
+    (``core.reference.filtered_reference`` with the default mode's settings)."""
     from lib_safedenoise.core.modes import MODES, item_spread_sq, resolve_mode
     from lib_safedenoise.core.reference import claimed
 
-    if prompt_bank_size < 1 or own_reference_size < 2:
-        raise ValueError(f"--prompt-bank-size must be >= 1 and --own-reference-size >= 2, got {prompt_bank_size} "
-                         f"and {own_reference_size}")
-    prompt, _ = sample_latents(setup, model, Intervention(), negate, count=prompt_bank_size,
-                               cfg_scale=setup.cfg_scale, seed_offset=OWN_SAMPLES["prompt_bank"])
-    reference, _ = sample_latents(setup, model, Intervention(), None, count=own_reference_size,
-                                  cfg_scale=setup.cfg_scale, seed_offset=OWN_SAMPLES["own_reference"])
+    if prompt_bank_size < 1 or own_reference_size < 2 or not 0 <= unguided_share <= 1:
+        raise ValueError(f"--prompt-bank-size must be >= 1, --own-reference-size >= 2 and "
+                         f"--prompt-bank-unguided-share from 0 to 1, got {prompt_bank_size}, {own_reference_size} "
+                         f"and {unguided_share}")
+    if own_reference_prompts not in OWN_REFERENCE_PROMPTS:
+        raise ValueError(f"--own-reference-prompts must be one of {', '.join(OWN_REFERENCE_PROMPTS)}, "
+                         f"got {own_reference_prompts!r}")
+    unguided = round(prompt_bank_size * unguided_share)
+    parts = [sample_latents(setup, model, Intervention(), negate, count=count, cfg_scale=scale,
+                            seed_offset=OWN_SAMPLES[key])[0]
+             for count, scale, key in ((unguided, 1.0, "prompt_bank_unguided"),
+                                       (prompt_bank_size - unguided, setup.cfg_scale, "prompt_bank")) if count]
+    prompt = torch.cat(parts)
+    reference, _ = sample_latents(setup, model, Intervention(), OWN_REFERENCE_PROMPTS[own_reference_prompts],
+                                  count=own_reference_size, cfg_scale=setup.cfg_scale,
+                                  seed_offset=OWN_SAMPLES["own_reference"])
     options = MODES[resolve_mode("default")].options
     dropped = claimed(reference, [prompt], spread_sq=item_spread_sq(reference), prior_odds=options["prior_odds"])
     is_k = setup.evaluator.judge(digits.decode(reference).clamp(0, 1))[0] == negate
-    summary = {"prompt_bank_size": prompt_bank_size, "own_reference_size": own_reference_size,
+    summary = {"prompt_bank_size": prompt_bank_size, "prompt_bank_unguided": unguided,
+               "own_reference_size": own_reference_size, "own_reference_prompts": own_reference_prompts,
                "own_reference_judged_negated": int(is_k.sum()), "claimed_judged_negated": int((dropped & is_k).sum()),
                "claimed_other": int((dropped & ~is_k).sum())}
     return {"prompt_bank": LatentBank(f"prompt-{negate}", prompt, latent_space="digits"),
-            "own_reference": LatentBank("own-unconditional", reference, latent_space="digits", role="reference"),
+            "own_reference": LatentBank("own-samples", reference, latent_space="digits", role="reference"),
             "summary": summary}
 
 
@@ -334,14 +356,14 @@ def evaluate(*, negate: int, seed: int, samples: int, sampler: str, steps: int, 
              report_cfg: float | None, methods: list[str], batch: int = 500,
              collateral: list[int] | None = None, scenarios=("standard",), attack_budget=None,
              prompt_bank_size: int = PROMPT_BANK_SIZE, own_reference_size: int = OWN_REFERENCE_SIZE,
-             log=print) -> dict:
+             unguided_share: float = UNGUIDED_SHARE, own_reference_prompts: str = "labels", log=print) -> dict:
     """Run the scenarios for every method; returns the JSON-ready result (see the module docstring).
 
     ``collateral``: the classes of scenario 2 (default: every class but ``negate``). ``scenarios``:
     ``"standard"`` (scenarios 1-4) and/or ``"attack"`` (scenario 5, with ``attack_budget``, an
-    ``attack.AttackBudget``; default budget when None). ``prompt_bank_size``, ``own_reference_size``: the
-    model's own samples in a new user's negation bank and reference (``NegationTask``), made only when a
-    method asks for them.
+    ``attack.AttackBudget``; default budget when None). ``prompt_bank_size``, ``own_reference_size``,
+    ``unguided_share``, ``own_reference_prompts``: how a new user's negation bank and reference are made
+    from the model's own samples (``own_sample_banks``), only when a method asks for them.
     """
     unknown_scenarios = set(scenarios) - set(SCENARIOS)
     if unknown_scenarios or not scenarios:
@@ -370,7 +392,8 @@ def evaluate(*, negate: int, seed: int, samples: int, sampler: str, steps: int, 
     own = {}
     if any(METHODS[name].own_samples for name in methods):
         own = own_sample_banks(Setup(sampler, steps, samples, seed, batch, cfg_scale, evaluator), model, negate,
-                               prompt_bank_size=prompt_bank_size, own_reference_size=own_reference_size)
+                               prompt_bank_size=prompt_bank_size, own_reference_size=own_reference_size,
+                               unguided_share=unguided_share, own_reference_prompts=own_reference_prompts)
         output["own_samples"] = own.pop("summary")
     results, grids = {}, {}
     if "standard" in scenarios:
@@ -378,7 +401,8 @@ def evaluate(*, negate: int, seed: int, samples: int, sampler: str, steps: int, 
                                 cfg_scale=cfg_scale, report_cfg=report_cfg, methods=methods, batch=batch,
                                 others=others, model=model, evaluator=evaluator, heldout=(heldout_pixels, heldout_labels),
                                 train=(train_pixels, train_labels), class_bank=class_bank,
-                                class_reference=class_reference, own=own, results=results, grids=grids,
+                                class_reference=class_reference, own=own,
+                                own_reference_prompts=own_reference_prompts, results=results, grids=grids,
                                 started=started, log=log))
     if "attack" in scenarios:
         from lib_safedenoise.bench import attack
@@ -403,7 +427,8 @@ def evaluate(*, negate: int, seed: int, samples: int, sampler: str, steps: int, 
 
 
 def _standard(*, negate, seed, samples, sampler, steps, cfg_scale, report_cfg, methods, batch, others, model,
-              evaluator, heldout, train, class_bank, class_reference, own, results, grids, started, log) -> dict:
+              evaluator, heldout, train, class_bank, class_reference, own, own_reference_prompts, results, grids,
+              started, log) -> dict:
     """Scenarios 1-4 for every method, filling ``results`` and ``grids``; returns the run's other keys."""
     heldout_pixels, heldout_labels = heldout
     train_pixels, _ = train
@@ -418,10 +443,11 @@ def _standard(*, negate, seed, samples, sampler, steps, cfg_scale, report_cfg, m
                                 latent_space="digits", role="reference")
     memo_own = {}
     if own:  # a rights holder's bank is the images themselves; the reference, the memoriser's own samples
-        latents, _ = sample_latents(setup, memorizer, Intervention(), None, count=own["own_reference"].count,
-                                    cfg_scale=cfg_scale, seed_offset=OWN_SAMPLES["memorised_own_reference"])
+        latents, _ = sample_latents(setup, memorizer, Intervention(), OWN_REFERENCE_PROMPTS[own_reference_prompts],
+                                    count=own["own_reference"].count, cfg_scale=cfg_scale,
+                                    seed_offset=OWN_SAMPLES["memorised_own_reference"])
         memo_own = {"prompt_bank": memorized, "own_reference": LatentBank(
-            "memoriser-own-unconditional", latents, latent_space="digits", role="reference")}
+            "memoriser-own-samples", latents, latent_space="digits", role="reference")}
     baseline = {}
     for name in methods:
         method = METHODS[name]
@@ -821,9 +847,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt-bank-size", type=int, default=PROMPT_BANK_SIZE,
                         help=f"the model's own samples of K in the prompt-made negation bank of default-as-shipped "
                              f"and default-prompt-bank (default {PROMPT_BANK_SIZE})")
+    parser.add_argument("--prompt-bank-unguided-share", type=float, default=UNGUIDED_SHARE,
+                        help=f"share of the prompt-made bank sampled at CFG 1, the rest at --cfg (default "
+                             f"{UNGUIDED_SHARE:g}, as the WebUI's prompt banks)")
     parser.add_argument("--own-reference-size", type=int, default=OWN_REFERENCE_SIZE,
-                        help=f"the model's own unconditional samples in default-as-shipped's reference (default "
+                        help=f"the model's own samples in default-as-shipped's reference (default "
                              f"{OWN_REFERENCE_SIZE})")
+    parser.add_argument("--own-reference-prompts", choices=list(OWN_REFERENCE_PROMPTS), default="labels",
+                        help="what default-as-shipped's reference samples: every label cycled at --cfg (default; "
+                             "the one-click reference's generic prompts) or the empty prompt")
     parser.add_argument("--target-method",
                         help="the method whose targets the table of several runs checks (default: 'default' when "
                              "it runs); with several seeds of a class also pooled per class")
@@ -859,6 +891,8 @@ def main(argv: list[str] | None = None) -> int:
                                   methods=args.methods, batch=args.batch, collateral=args.collateral,
                                   scenarios=args.scenarios, attack_budget=budget,
                                   prompt_bank_size=args.prompt_bank_size, own_reference_size=args.own_reference_size,
+                                  unguided_share=args.prompt_bank_unguided_share,
+                                  own_reference_prompts=args.own_reference_prompts,
                                   log=lambda m: print(m, file=sys.stderr))
             except (ValueError, FileNotFoundError) as error:
                 print(f"efficacy: {error}", file=sys.stderr)
