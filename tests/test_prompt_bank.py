@@ -4,6 +4,7 @@ checkpoint, prompts are class labels), keeps the final latents and writes the ba
 
 from __future__ import annotations
 
+import dataclasses
 
 import pytest
 import torch
@@ -47,21 +48,23 @@ def webui(tmp_path):
 
 
 def test_bank_holds_the_models_own_samples_of_the_prompt_and_a_card_to_rebuild_it(webui):
+    """Half of the samples (the first) at CFG 1, the rest at the requested CFG; no batch mixes the two."""
     calls = []
     report = service_of(webui).build_from_prompt(
         PromptBankRequest(name="threes", prompt=str(wf.NEGATED_CLASS), samples=6, batch_size=4, **REQUEST),
         progress=lambda done, total, label: calls.append((done, total)))
-    assert report.bank_count == 6 and calls == [(4, 6), (6, 6)]
+    assert report.bank_count == 6 and calls == [(3, 6), (6, 6)]
     bank = fileformat.load_bank(bank_file(webui, "threes"), name="threes")
     meta = fileformat.read_metadata(bank_file(webui, "threes"))
     assert meta.role == "negation" and meta.encode_mode == metadata.GENERATED and meta.count == 6
     assert meta.generation == {
         "prompt": "3", "negative_prompt": "", "styles": [], "prompt_used": "3", "negative_prompt_used": "",
         "model": "digits", "model_hash": "d16175", "sampler": "Euler", "scheduler": "", "steps": 8,
-        "cfg_scale": 2.0, "width": 64, "height": 64, "batch_size": 4, "seed": 100, "samples": 6,
-        "host": "a1111", "enforced": []}
+        "cfg_scale": 2.0, "unguided_samples": 3, "width": 64, "height": 64, "batch_size": 4, "seed": 100,
+        "samples": 6, "host": "a1111", "enforced": []}
     # the recorded settings make the same samples again, through the WebUI's own txt2img
-    again = txt2img_latents(webui, "3", 6, **REQUEST)
+    again = torch.cat([txt2img_latents(webui, "3", 3, **{**REQUEST, "cfg_scale": 1.0}),
+                       txt2img_latents(webui, "3", 3, **{**REQUEST, "seed": 103})])
     torch.testing.assert_close(bank.latents.float(), again, atol=2e-3, rtol=2e-3)
     assert decoded_class_share(bank.latents, wf.NEGATED_CLASS) >= 0.8
 
@@ -71,7 +74,7 @@ def test_styles_in_effect_apply_and_are_recorded(webui):
 
     shared.prompt_styles.styles["digit three"] = styles.PromptStyle("digit three", "{prompt}3", "")
     service_of(webui).build_from_prompt(PromptBankRequest(name="styled", prompt="", styles=("digit three",),
-                                                          samples=4, **REQUEST))
+                                                          samples=4, unguided_share=0.0, **REQUEST))
     meta = fileformat.read_metadata(bank_file(webui, "styled"))
     assert meta.generation["styles"] == ["digit three"] and meta.generation["prompt_used"] == "3"
     bank = fileformat.load_bank(bank_file(webui, "styled"), name="styled")
@@ -79,15 +82,27 @@ def test_styles_in_effect_apply_and_are_recorded(webui):
                                rtol=2e-3)
 
 
-def test_the_one_click_reference_is_the_models_unconditional_samples_named_for_its_latent_space(webui):
-    report = service_of(webui).build_from_prompt(PromptBankRequest(name="", role="reference", samples=4,
-                                                                   **REQUEST))
+def test_the_one_click_reference_takes_generic_prompts_in_turn_named_for_its_latent_space(webui):
+    """The one-click request: the generic prompts, all guided, role reference; its prompts are taken one per
+    batch (on the digits checkpoint, prompts are digit labels, so the test lists digits)."""
+    asked = prompt_bank.as_one_click_reference(PromptBankRequest(name="mine", prompt="3", samples=7, **REQUEST))
+    assert (asked.name, asked.prompt, asked.role, asked.unguided_share) == ("", "", "reference", 0.0)
+    assert asked.prompts == prompt_bank.GENERIC_PROMPTS and asked.samples == 7
+    digits_prompts = ("0", "1", "2")
+    report = service_of(webui).build_from_prompt(dataclasses.replace(asked, prompts=digits_prompts, samples=8,
+                                                                     batch_size=2))
     assert report.path.endswith(f"{prompt_bank.reference_bank_name('digits')}{fileformat.BANK_SUFFIX}")
     meta = fileformat.read_metadata(report.path)
-    assert meta.role == "reference" and meta.generation["prompt_used"] == ""
+    assert meta.role == "reference" and meta.generation["unguided_samples"] == 0
+    assert meta.generation["prompts"] == ["0", "1", "2"] and meta.generation["prompts_used"] == ["0", "1", "2"]
     bank = fileformat.load_bank(report.path, name="r")
-    torch.testing.assert_close(bank.latents.float(), txt2img_latents(webui, "", 4, **REQUEST), atol=2e-3,
-                               rtol=2e-3)
+    in_turn = [txt2img_latents(webui, text, 2, **{**REQUEST, "seed": 100 + 2 * i})
+               for i, text in enumerate(("0", "1", "2", "0"))]
+    torch.testing.assert_close(bank.latents.float(), torch.cat(in_turn), atol=2e-3, rtol=2e-3)
+    with pytest.raises(ValueError, match="either one prompt or a list"):
+        PromptBankRequest(name="x", prompt="3", prompts=("4",))
+    with pytest.raises(ValueError, match="unguided_share must be a number from 0.0 to 1.0"):
+        PromptBankRequest(name="x", prompt="3", unguided_share=1.5)
 
 
 def test_an_existing_bank_is_refused_before_generating_and_replaced_only_when_asked(webui):
@@ -143,7 +158,8 @@ def test_on_an_enforced_server_the_samples_are_generated_with_the_enforced_corre
                    height=64)
     open_latents, enforced_latents = wf.open_server_latents(tmp_path / "open", request)
     webui = wf.start(tmp_path / "enforced", enforce=wf.BANK)
-    service_of(webui).build_from_prompt(PromptBankRequest(name="threes", prompt="3", samples=4, **REQUEST))
+    service_of(webui).build_from_prompt(PromptBankRequest(name="threes", prompt="3", samples=4, unguided_share=0.0,
+                                                          **REQUEST))
     meta = fileformat.read_metadata(bank_file(webui, "threes"))
     assert meta.generation["enforced"] == [wf.BANK]
     bank = fileformat.load_bank(bank_file(webui, "threes"), name="threes").latents.float()
@@ -226,6 +242,21 @@ def test_the_route_builds_a_bank_and_follows_the_bank_api_conventions(webui):
     bad = client.post(ROUTE, json=body | {"name": "other", "samples": 0})
     assert bad.status_code == 400 and "samples must be" in bad.json()["detail"]["error"]
     assert sorted(b["name"] for b in client.get(f"{api.ROUTE_PREFIX}/banks").json()) == [wf.BANK, "threes"]
+
+
+def test_the_route_makes_an_unnamed_promptless_reference_the_one_click_one(webui):
+    """As the tab's button: no name, role reference and no prompt means the generic prompts (which the digits
+    checkpoint cannot read: its prompts are digit labels, so the first one is refused by name); given
+    prompts are taken in turn, with the share at CFG 1 as asked."""
+    client = client_of(webui, disable_extension_access=False, api_auth=None)
+    one_click = client.post(ROUTE, json={"name": "", "role": "reference", "samples": 2, **REQUEST})
+    assert one_click.status_code == 400
+    assert repr(prompt_bank.GENERIC_PROMPTS[0]) in one_click.json()["detail"]["error"]
+    listed = client.post(ROUTE, json={"name": "", "role": "reference", "prompts": ["4", "5"], "samples": 4,
+                                      "batch_size": 2, "unguided_share": 0.5, **REQUEST})
+    assert listed.status_code == 200, listed.text
+    generation = client.get(f"{api.ROUTE_PREFIX}/banks/{listed.json()['name']}").json()["metadata"]["generation"]
+    assert generation["prompts_used"] == ["4", "5"] and generation["unguided_samples"] == 2
 
 
 def test_the_route_refuses_enforced_names_and_exposed_servers(tmp_path):

@@ -285,7 +285,8 @@ def test_every_visible_control_has_a_hint(session):
     assert suffixes - hinted == set()
 
 
-SAMPLING = ("Euler", 6, 2.0, 0, 0, 5)  # the "Sampling" accordion: sampler, steps, CFG, width, height, seed
+SAMPLING = ("Euler", 6, 2.0, 0.5, 0, 0, 5)  # the "Sampling" accordion: sampler, steps, CFG, share at CFG 1,
+# width, height, seed
 
 
 def test_build_from_a_prompt_streams_sample_progress_and_lists_the_new_bank(tmp_path):
@@ -300,6 +301,7 @@ def test_build_from_a_prompt_streams_sample_progress_and_lists_the_new_bank(tmp_
     meta = api.BankService(api.Backend.from_host()).inspect("threes")["metadata"]
     assert meta["title"] == "Threes" and meta["generation"]["prompt"] == "3" and meta["generation"]["samples"] == 3
     assert (meta["generation"]["steps"], meta["generation"]["seed"], meta["generation"]["cfg_scale"]) == (6, 5, 2.0)
+    assert meta["generation"]["unguided_samples"] == 2  # round(3 * 0.5)
     (_, refused, *_), = list(handlers.build_from_prompt("3", "", 0, "negation", "none", False, *SAMPLING, *[""] * 5))
     assert "samples must be a whole number from 1" in refused
     *_, (_, exists, _, _) = list(handlers.build_from_prompt("3", "", 1, "negation", "threes", False, *SAMPLING, *[""] * 5))

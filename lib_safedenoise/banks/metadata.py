@@ -83,9 +83,10 @@ SCHEMA: tuple[Key, ...] = (
     Key("generation", "sdn_generation", "generation", False,
         "JSON object, for a generated bank: how to make it again. ``prompt``, ``negative_prompt``, ``styles`` "
         "(as asked) and ``prompt_used``/``negative_prompt_used`` (after styles), ``model``, ``model_hash``, "
-        "``sampler``, ``scheduler``, ``steps``, ``cfg_scale``, ``width``, ``height``, ``batch_size``, ``seed`` "
-        "(sample i used seed + i), ``samples``, ``host``, and ``enforced``: the banks whose enforced correction "
-        "ran during the generation (``[]``: none)"),
+        "``sampler``, ``scheduler``, ``steps``, ``cfg_scale``, ``unguided_samples`` (the first samples, at CFG 1), "
+        "``width``, ``height``, ``batch_size``, ``seed`` (sample i used seed + i), ``samples``, ``host``, and "
+        "``enforced``: the banks whose enforced correction ran during the generation (``[]``: none); with "
+        "several prompts (one per batch in turn) also ``prompts`` and ``prompts_used``"),
 )
 _BY_KEY = {k.key: k for k in SCHEMA}
 

@@ -273,11 +273,16 @@ _PROMPT_DEFAULTS = prompt_bank.PromptBankRequest(name="")
 
 class PromptBuildRequest(BaseModel):
     # defaults are ``prompt_bank.PromptBankRequest``'s, which validates the request
-    name: str = Field("", description="bank name; empty: the one-click reference bank, reference-own-samples-<space>")
+    name: str = Field("", description="bank name; empty: the one-click reference bank, reference-own-samples-<space> "
+                                      "(with role reference and no prompt: the generic prompts, all guided)")
     prompt: str = ""
+    prompts: List[str] = Field(default_factory=list, description="several prompts, one per batch in turn, instead "
+                                                                 "of prompt")
     negative_prompt: str = ""
     samples: int = Field(_PROMPT_DEFAULTS.samples, description=f"how many samples, 1 to {prompt_bank.MAX_SAMPLES}")
     role: str = Field(_PROMPT_DEFAULTS.role, description="negation (what to avoid) or reference (ordinary images)")
+    unguided_share: float = Field(_PROMPT_DEFAULTS.unguided_share, description="share of the samples (the first) "
+                                                                              "drawn at CFG 1, 0 to 1")
     styles: List[str] = Field(default_factory=list, description="names of the WebUI's saved styles to apply")
     seed: int = Field(_PROMPT_DEFAULTS.seed, description="sample i uses seed + i; -1: random")
     steps: int = _PROMPT_DEFAULTS.steps
@@ -354,8 +359,11 @@ def register_routes(app, service: BankService, dependencies: list, extra_routes:
         def build() -> dict:
             fields = request.dict()
             card = {key: fields.pop(key) for key in CARD_FIELDS}
-            fields["styles"] = tuple(fields["styles"])
-            report = service.build_from_prompt(prompt_bank.PromptBankRequest(**fields, card=card))
+            fields["styles"], fields["prompts"] = tuple(fields["styles"]), tuple(fields["prompts"])
+            asked = prompt_bank.PromptBankRequest(**fields, card=card)
+            if not asked.name.strip() and asked.role == "reference" and not (asked.prompt or asked.prompts):
+                asked = prompt_bank.as_one_click_reference(asked)  # as the tab's button
+            report = service.build_from_prompt(asked)
             return report.as_dict() | {"name": Path(report.path).stem}
         return call(build, writes=True)
 

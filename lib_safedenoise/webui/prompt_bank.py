@@ -3,8 +3,13 @@ processing, kept as latents and written as a negation or reference bank.
 
 Nobody has to collect images: "a photo of a cat" gives a bank of cats as this checkpoint draws them, with
 the sampler, LoRAs (extra networks in the prompt) and styles the request names. The samples are generated a
-few at a time (``batch_size``) with seeds ``seed, seed + 1, ...``; the card's ``sdn_generation`` records
-everything needed to generate the same latents again.
+few at a time (``batch_size``) with seeds ``seed, seed + 1, ...``: the first ``unguided_share`` of them at CFG
+1 (``banks.builder.UNGUIDED_SHARE`` says why), the rest at the requested CFG; with several ``prompts`` each
+batch takes the next in turn. The card's ``sdn_generation`` records everything needed to generate the same
+latents again.
+
+The one-click reference (``as_one_click_reference``) is ``REFERENCE_SAMPLES`` guided samples of
+``GENERIC_PROMPTS``: ordinary images as this checkpoint draws them when asked for ordinary things.
 
 Failure policy, as for image builds: the bank is written once, atomically, after the last sample; a
 cancelled, interrupted or failed run writes nothing; an existing bank is replaced only when asked.
@@ -18,6 +23,7 @@ enforced banks that were active.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import threading
 import time
@@ -27,7 +33,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from lib_safedenoise.banks import spaces
-from lib_safedenoise.banks.builder import BuildReport, Progress, write_generated_bank
+from lib_safedenoise.banks.builder import UNGUIDED_SHARE, BuildReport, Progress, write_generated_bank
 from lib_safedenoise.banks.errors import BankError
 from lib_safedenoise.banks.metadata import TEXT_LIMITS
 from lib_safedenoise.core.latent_bank import ROLES
@@ -40,9 +46,26 @@ MAX_BATCH = 64
 MAX_STEPS = 150
 MAX_SIDE = 4096
 MAX_SEED = 2**32 - 1
+MAX_PROMPTS = 1_000
 REFERENCE_SAMPLES = 400
-"""Samples of the one-click reference bank: the model's own samples of an empty prompt."""
+"""Samples of the one-click reference bank (``as_one_click_reference``)."""
 REFERENCE_PREFIX = "reference-own-samples"
+GENERIC_PROMPTS = (
+    "a photo of a city street", "a portrait photo of a person", "a mountain landscape with a lake",
+    "a bowl of fruit on a wooden table", "a dog running in a park", "a cat sleeping on a sofa",
+    "an oil painting of a harbour with boats", "a cosy living room", "a forest path in autumn",
+    "a plate of pasta", "a red car parked on a street", "a bird on a branch", "a beach at sunset",
+    "people at a street market", "a pencil sketch of an old house", "a watercolor of flowers in a vase",
+    "a bicycle leaning against a brick wall", "a modern kitchen", "a snowy village at night",
+    "a desk with a laptop and a cup of coffee", "a portrait of an old man", "a group of friends laughing",
+    "a lighthouse on a cliff", "a field of sunflowers", "a train station", "a cartoon of a smiling robot",
+    "a horse in a meadow", "a bookshelf full of books", "a bridge over a river", "a child playing with a ball",
+    "a castle on a hill", "a close-up of a flower", "a rainy street with umbrellas", "a woman reading in a cafe",
+    "a fishing boat on the sea", "a desert with sand dunes", "an anime drawing of a girl with a hat",
+    "a farmhouse with a garden", "a plate of sushi", "a busy airport terminal")
+"""The one-click reference's prompts: ordinary subjects and styles. A reference of what the model draws when
+asked for ordinary things is a typical image's estimate; the empty prompt's samples (the model's unconditional
+draws) are less typical, and so was the safe estimate made from them (README, "As a new user gets it")."""
 
 
 def reference_bank_name(latent_space: str) -> str:
@@ -64,6 +87,10 @@ class PromptBankRequest:
     negative_prompt: str = ""
     samples: int = 100
     role: str = "negation"
+    prompts: tuple[str, ...] = ()
+    """Several prompts, one per batch in turn, instead of ``prompt`` (which must then be empty)."""
+    unguided_share: float = UNGUIDED_SHARE
+    """The share of the samples (the first ones) drawn at CFG 1, the rest at ``cfg_scale``."""
     styles: tuple[str, ...] = ()
     seed: int = -1
     steps: int = 20
@@ -86,6 +113,7 @@ class PromptBankRequest:
         bounded("batch_size", self.batch_size, 1, MAX_BATCH, int)
         bounded("steps", self.steps, 1, MAX_STEPS, int)
         bounded("cfg_scale", self.cfg_scale, 0.0, 100.0, float)
+        bounded("unguided_share", self.unguided_share, 0.0, 1.0, float)
         bounded("seed", self.seed, -1, MAX_SEED, int)
         for side in ("width", "height"):
             bounded(side, getattr(self, side), 0, MAX_SIDE, int)
@@ -96,11 +124,25 @@ class PromptBankRequest:
             raise ValueError(f"role must be one of {', '.join(ROLES)}, not {self.role!r}")
         if not isinstance(self.sampler_name, str) or not self.sampler_name.strip():
             raise ValueError("sampler_name must name one of the WebUI's samplers, e.g. Euler")
-        for what in ("prompt", "negative_prompt"):
-            if not isinstance(getattr(self, what), str) or len(getattr(self, what)) > TEXT_LIMITS["description"]:
+        texts = [("prompt", self.prompt), ("negative_prompt", self.negative_prompt),
+                 *((f"prompts[{i}]", text) for i, text in enumerate(self.prompts))]
+        for what, text in texts:
+            if not isinstance(text, str) or len(text) > TEXT_LIMITS["description"]:
                 raise ValueError(f"{what} must be text of at most {TEXT_LIMITS['description']} characters")
+        if len(self.prompts) > MAX_PROMPTS:
+            raise ValueError(f"prompts may list at most {MAX_PROMPTS} prompts, not {len(self.prompts)}")
+        if self.prompts and self.prompt:
+            raise ValueError("give either one prompt or a list of prompts, not both")
         if not all(isinstance(style, str) for style in self.styles):
             raise ValueError("styles must be a list of style names")
+
+
+def as_one_click_reference(request: PromptBankRequest) -> PromptBankRequest:
+    """``request``'s count and sampling settings as the one-click reference bank: ``GENERIC_PROMPTS`` in turn,
+    all at the requested CFG (the reference stands for what users generate), role reference, named for the
+    loaded model's latent space."""
+    return dataclasses.replace(request, name="", role="reference", prompt="", prompts=GENERIC_PROMPTS,
+                               unguided_share=0.0)
 
 
 class Cancel(threading.Event):
@@ -142,20 +184,24 @@ def generate_bank(request: PromptBankRequest, *, path, encoder, generate: Callab
     height, width = request.height or encoder.resolution[0], request.width or encoder.resolution[1]
     seed = request.seed if request.seed >= 0 else random.randrange(MAX_SEED - request.samples)
     own_args = GenerationArgs(enabled=False).to_script_args()
+    unguided = round(request.samples * request.unguided_share)
+    prompts = request.prompts or (request.prompt,)
     kept: list[torch.Tensor] = []
-    done, used = 0, {}
+    done, batches, used, prompts_used = 0, 0, {}, {}
     if cancel is not None:
         cancel.interrupt = interrupt
     try:
         while done < request.samples:
             if cancel is not None and cancel.is_set():
                 raise GenerationCancelled(done, request.samples)
-            count = min(request.batch_size, request.samples - done)
+            # a batch never straddles the unguided and guided parts
+            count = min(request.batch_size, (unguided if done < unguided else request.samples) - done)
             try:
-                batch = generate(prompt=request.prompt, negative_prompt=request.negative_prompt,
+                batch = generate(prompt=prompts[batches % len(prompts)], negative_prompt=request.negative_prompt,
                                  styles=request.styles, seed=seed + done, batch_size=count, steps=request.steps,
-                                 cfg_scale=request.cfg_scale, sampler_name=request.sampler_name, width=width,
-                                 height=height, own_script_args=own_args, own_script_title=SCRIPT_TITLE)
+                                 cfg_scale=1.0 if done < unguided else request.cfg_scale,
+                                 sampler_name=request.sampler_name, width=width, height=height,
+                                 own_script_args=own_args, own_script_title=SCRIPT_TITLE)
             except BankError:
                 raise
             except Exception as error:  # the WebUI's processing failed (a bad sampler name, out of memory, ...)
@@ -180,7 +226,9 @@ def generate_bank(request: PromptBankRequest, *, path, encoder, generate: Callab
                                 "nothing was written")
             kept.append(latents.half())
             used = batch
+            prompts_used.setdefault(batches % len(prompts), batch["prompt_used"])
             done += count
+            batches += 1
             if progress is not None:
                 progress(done, request.samples, f"sample {done} of {request.samples}")
     finally:
@@ -191,12 +239,17 @@ def generate_bank(request: PromptBankRequest, *, path, encoder, generate: Callab
         "prompt_used": used["prompt_used"], "negative_prompt_used": used["negative_prompt_used"],
         "model": used["model"], "model_hash": used["model_hash"], "sampler": used["sampler"],
         "scheduler": used["scheduler"], "steps": request.steps, "cfg_scale": float(request.cfg_scale),
-        "width": width, "height": height, "batch_size": request.batch_size, "seed": seed,
-        "samples": request.samples, "host": host_name, "enforced": list(enforced)}
+        "unguided_samples": unguided, "width": width, "height": height, "batch_size": request.batch_size,
+        "seed": seed, "samples": request.samples, "host": host_name, "enforced": list(enforced)}
+    if request.prompts:  # each prompt as given and as used (styles applied), in the order they were used
+        generation["prompts"] = list(request.prompts)
+        generation["prompts_used"] = [prompts_used[i] for i in sorted(prompts_used)]
+        generation["prompt_used"] = ""
     card = {key: value for key, value in request.card.items() if value}
-    card.setdefault("description", f"{request.samples} samples of "
-                                   f"{repr(request.prompt[:200]) if request.prompt else 'an empty prompt'} by "
-                                   f"{used['model'] or 'the loaded model'}")
+    what = f"{len(request.prompts)} prompts in turn" if request.prompts else \
+        repr(request.prompt[:200]) if request.prompt else "an empty prompt"
+    card.setdefault("description", f"{request.samples} samples of {what} by {used['model'] or 'the loaded model'}"
+                                   + (f", the first {unguided} at CFG 1" if unguided else ""))
     report = write_generated_bank(torch.cat(kept), path, space=space, generation=generation, role=request.role,
                                   overwrite=request.overwrite, model_family=encoder.family,
                                   vae_name=encoder.vae_name, vae_hash=encoder.vae_hash, **card)

@@ -23,7 +23,7 @@ from lib_safedenoise.core.latent_bank import ROLES
 from lib_safedenoise.webui.accordion import ELEM_PREFIX, enforced_html
 from lib_safedenoise.webui.api import CARD_FIELDS, Backend, BankService
 from lib_safedenoise.webui.enforcement import EnforcementError
-from lib_safedenoise.webui.prompt_bank import MAX_SAMPLES, REFERENCE_SAMPLES, PromptBankRequest
+from lib_safedenoise.webui.prompt_bank import MAX_SAMPLES, REFERENCE_SAMPLES, PromptBankRequest, as_one_click_reference
 
 BANK_COLUMNS = ["Name", "Title", "Images", "Latent space", "Size", "Fits the loaded model", "Enforced", "Problem"]
 
@@ -172,6 +172,11 @@ def gate_plot(report: dict | None):
     return figure
 
 
+def _card(values: Sequence[str]) -> dict[str, str]:
+    """The card form's filled fields (``CARD_FIELDS`` order)."""
+    return {key: value for key, value in zip(CARD_FIELDS, values) if value}
+
+
 def in_background(task: Callable[[Callable[[int, int, str], None]], Any], thread_name: str,
                   render: Callable[[dict], tuple]):
     """Run ``task(progress)`` (a bank build) on a worker thread, so the page's event stays responsive.
@@ -244,7 +249,7 @@ class TabHandlers:
         if problem:
             yield "", report_html(None, problem), *unchanged
             return
-        card = {key: value for key, value in zip(CARD_FIELDS, card_values) if value}
+        card = _card(card_values)
 
         def task(progress):
             if folder:
@@ -261,20 +266,30 @@ class TabHandlers:
                gr.update() if folder else None)
 
     def build_from_prompt(self, prompt: str, negative_prompt: str, samples: float, role: str, name: str,
-                          overwrite: bool, sampler_name: str, steps: float, cfg_scale: float, width: float,
-                          height: float, seed: float, *card_values: str):
+                          overwrite: bool, sampler_name: str, steps: float, cfg_scale: float, unguided_share: float,
+                          width: float, height: float, seed: float, *card_values: str):
         """Generator of ``(progress, report, table, bank dropdown)`` updates while a bank of ``samples`` of the
-        loaded model's own samples of ``prompt`` is generated (``BankService.build_from_prompt``). An empty
-        name builds the one-click reference bank of the loaded model's latent space; width and height 0 mean
-        the model's native size, seed -1 a random one."""
-        card = {key: value for key, value in zip(CARD_FIELDS, card_values) if value}
+        loaded model's own samples of ``prompt`` is generated (``BankService.build_from_prompt``), the share
+        ``unguided_share`` of them at CFG 1. An empty name builds a bank named as the one-click reference;
+        width and height 0 mean the model's native size, seed -1 a random one."""
+        yield from self._generate(lambda: PromptBankRequest(
+            name=(name or "").strip(), prompt=prompt or "", negative_prompt=negative_prompt or "",
+            samples=int(samples or 0), role=role, overwrite=bool(overwrite), sampler_name=sampler_name or "",
+            steps=int(steps or 0), cfg_scale=float(cfg_scale or 0), unguided_share=float(unguided_share or 0),
+            width=int(width or 0), height=int(height or 0), seed=int(seed or 0), card=_card(card_values)))
+
+    def build_own_reference(self, overwrite: bool, sampler_name: str, steps: float, cfg_scale: float,
+                            _unguided_share: float, width: float, height: float, seed: float, *card_values: str):
+        """``build_from_prompt`` for the one-click reference bank (``prompt_bank.as_one_click_reference``:
+        ``REFERENCE_SAMPLES`` samples of the generic prompts, all guided, so the unguided share is not used)."""
+        yield from self._generate(lambda: as_one_click_reference(PromptBankRequest(
+            name="", samples=REFERENCE_SAMPLES, overwrite=bool(overwrite), sampler_name=sampler_name or "",
+            steps=int(steps or 0), cfg_scale=float(cfg_scale or 0), width=int(width or 0), height=int(height or 0),
+            seed=int(seed or 0), card=_card(card_values))))
+
+    def _generate(self, make_request: Callable[[], PromptBankRequest]):
         try:
-            request = PromptBankRequest(name=(name or "").strip(), prompt=prompt or "",
-                                        negative_prompt=negative_prompt or "", samples=int(samples or 0),
-                                        role=role, overwrite=bool(overwrite), sampler_name=sampler_name or "",
-                                        steps=int(steps or 0), cfg_scale=float(cfg_scale or 0),
-                                        width=int(width or 0), height=int(height or 0), seed=int(seed or 0),
-                                        card=card)
+            request = make_request()
         except ValueError as error:
             yield "", report_html(None, str(error)), gr.update(), gr.update()
             return
@@ -431,6 +446,8 @@ def build_tab(backend: Backend | None = None) -> gr.Blocks:
                         prompt_steps = gr.Number(defaults.steps, label="Steps", precision=0,
                                                  elem_id=f"{p}_prompt_steps")
                         prompt_cfg = gr.Number(defaults.cfg_scale, label="CFG scale", elem_id=f"{p}_prompt_cfg")
+                        prompt_unguided = gr.Slider(0.0, 1.0, value=defaults.unguided_share, step=0.05,
+                                                    label="Share at CFG 1", elem_id=f"{p}_prompt_unguided")
                     with gr.Row():
                         prompt_width = gr.Number(defaults.width, label="Width (0: the model's own)", precision=0,
                                                  elem_id=f"{p}_prompt_width")
@@ -486,14 +503,14 @@ def build_tab(backend: Backend | None = None) -> gr.Blocks:
         changed = [message, table, selected, card]
         build.click(handlers.build, inputs=[files, folder, name, overwrite, role, recursive, *card_inputs],
                     outputs=[progress, report, table, selected, files])
-        sampling = [prompt_sampler, prompt_steps, prompt_cfg, prompt_width, prompt_height, prompt_seed]
+        sampling = [prompt_sampler, prompt_steps, prompt_cfg, prompt_unguided, prompt_width, prompt_height,
+                    prompt_seed]
         from_outputs.click(handlers.reference_from_outputs, outputs=[folder, role, recursive, name, report])
         prompt_build.click(handlers.build_from_prompt,
                            inputs=[prompt, negative_prompt, samples, prompt_role, prompt_name, prompt_overwrite,
                                    *sampling, *card_inputs],
                            outputs=[prompt_progress, prompt_report, table, selected])
-        own_reference.click(functools.partial(handlers.build_from_prompt, "", "", REFERENCE_SAMPLES, "reference", ""),
-                            inputs=[prompt_overwrite, *sampling, *card_inputs],
+        own_reference.click(handlers.build_own_reference, inputs=[prompt_overwrite, *sampling, *card_inputs],
                             outputs=[prompt_progress, prompt_report, table, selected])
         cancel.click(handlers.cancel, outputs=[message], queue=False)
         prompt_cancel.click(handlers.cancel, outputs=[message], queue=False)

@@ -17,7 +17,7 @@ from webui_server import REPO_ROOT, script_args
 sys.path.insert(0, str(REPO_ROOT))
 from lib_safedenoise.banks import fileformat, metadata  # noqa: E402
 from lib_safedenoise.webui.api import ROUTE_PREFIX  # noqa: E402
-from lib_safedenoise.webui.prompt_bank import reference_bank_name  # noqa: E402
+from lib_safedenoise.webui.prompt_bank import GENERIC_PROMPTS, reference_bank_name  # noqa: E402
 
 pytestmark = pytest.mark.webui
 
@@ -63,7 +63,7 @@ def test_bank_from_a_prompt_through_the_api_then_a_generation_avoids_it(webui, n
 
 
 def test_one_click_reference_of_the_models_own_samples(webui, needs_checkpoint):
-    """The one-click reference bank: an empty prompt's samples, role reference, named for the latent space, and
+    """The one-click reference bank: samples of the generic prompts, role reference, named for the latent space, and
     listed as fitting the loaded model (which items of it the default mode keeps is the engine's filter's
     business: against the suite's random negation bank it may claim them all)."""
     report = from_prompt(webui, name="", role="reference", samples=2, seed=11)
@@ -71,6 +71,8 @@ def test_one_click_reference_of_the_models_own_samples(webui, needs_checkpoint):
     assert report["name"] == name
     meta = fileformat.read_metadata(webui.bank_dir / f"{name}.safetensors")
     assert meta.role == "reference" and meta.generation["prompt"] == "" and meta.count == 2
+    assert meta.generation["prompts"] == list(GENERIC_PROMPTS) and meta.generation["unguided_samples"] == 0
+    assert meta.generation["prompts_used"] == [GENERIC_PROMPTS[0]]  # 2 samples: one batch
     try:
         listed = {bank["name"]: bank for bank in webui.get(f"{ROUTE_PREFIX}/banks")}
         assert listed[name]["compatible"] is True and listed[name]["role"] == "reference"
