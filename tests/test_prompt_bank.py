@@ -101,6 +101,8 @@ def test_the_one_click_reference_takes_generic_prompts_in_turn_named_for_its_lat
     torch.testing.assert_close(bank.latents.float(), torch.cat(in_turn), atol=2e-3, rtol=2e-3)
     with pytest.raises(ValueError, match="either one prompt or a list"):
         PromptBankRequest(name="x", prompt="3", prompts=("4",))
+    with pytest.raises(ValueError, match="at most 16384 characters in all"):
+        PromptBankRequest(name="x", prompts=("7" * 9000, "8" * 9000))
     with pytest.raises(ValueError, match="unguided_share must be a number from 0.0 to 1.0"):
         PromptBankRequest(name="x", prompt="3", unguided_share=1.5)
 

@@ -35,7 +35,7 @@ import torch
 from lib_safedenoise.banks import spaces
 from lib_safedenoise.banks.builder import UNGUIDED_SHARE, BuildReport, Progress, write_generated_bank
 from lib_safedenoise.banks.errors import BankError
-from lib_safedenoise.banks.metadata import TEXT_LIMITS
+from lib_safedenoise.banks.metadata import MAX_GENERATION_CHARS, TEXT_LIMITS
 from lib_safedenoise.core.latent_bank import ROLES
 from lib_safedenoise.webui.args import GenerationArgs
 from lib_safedenoise.webui.enforcement import EnforcementError
@@ -131,6 +131,9 @@ class PromptBankRequest:
                 raise ValueError(f"{what} must be text of at most {TEXT_LIMITS['description']} characters")
         if len(self.prompts) > MAX_PROMPTS:
             raise ValueError(f"prompts may list at most {MAX_PROMPTS} prompts, not {len(self.prompts)}")
+        if sum(map(len, self.prompts)) > MAX_GENERATION_CHARS // 4:  # recorded twice (as given, as used)
+            raise ValueError(f"the prompts may hold at most {MAX_GENERATION_CHARS // 4} characters in all, to "
+                             "fit on the bank's card")
         if self.prompts and self.prompt:
             raise ValueError("give either one prompt or a list of prompts, not both")
         if not all(isinstance(style, str) for style in self.styles):
