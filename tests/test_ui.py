@@ -12,7 +12,7 @@ import gradio as gr
 import pytest
 from PIL import Image
 
-from lib_safedenoise.webui import accordion, api, tab
+from lib_safedenoise.webui import accordion, api, prompt_bank, tab
 from lib_safedenoise.webui.args import ARG_NAMES, GenerationArgs, parse_setting
 from tests.browser import ui_session
 from tests.images import write_broken, write_photos
@@ -306,6 +306,10 @@ def test_build_from_a_prompt_streams_sample_progress_and_lists_the_new_bank(tmp_
     assert "samples must be a whole number from 1" in refused
     *_, (_, exists, _, _) = list(handlers.build_from_prompt("3", "", 1, "negation", "threes", False, *SAMPLING, *[""] * 5))
     assert "already exists" in exists and "safe-denoiser-error" in exists
+    # the one-click reference: the generic prompts, which the digits checkpoint cannot read (its prompts are
+    # digit labels), so the first is refused by name and nothing is written
+    *_, (_, generic, _, _) = list(handlers.build_own_reference(False, *SAMPLING, *[""] * 5))
+    assert prompt_bank.GENERIC_PROMPTS[0] in generic and "safe-denoiser-error" in generic
     assert sorted(p.name for p in webui.bank_dir.iterdir()) == [f"{wf.BANK}.safetensors", "threes.safetensors"]
 
 

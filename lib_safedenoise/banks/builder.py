@@ -417,6 +417,11 @@ unprompted draws of it (from empty or other prompts) then lie nearer ordinary im
 the correction lets them through and the reference filter (``core.reference``) does not claim them from a
 reference of the model's own samples (``docs/modes.md``)."""
 
+
+def unguided_samples(samples: int, share: float) -> int:
+    """How many of ``samples`` (the first ones) a bank made from a prompt draws at CFG 1 for ``share``."""
+    return round(samples * share)
+
 def write_generated_bank(latents: torch.Tensor, dest: str | os.PathLike, *, space: spaces.LatentSpace,
                          generation: dict, role: str = "negation", overwrite: bool = False,
                          title: str | None = None, description: str = "", author: str = "", license: str = "",

@@ -69,7 +69,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lib_safedenoise.banks.builder import UNGUIDED_SHARE
+from lib_safedenoise.banks.builder import UNGUIDED_SHARE, unguided_samples
 from lib_safedenoise.banks.fileformat import write_atomically
 from lib_safedenoise.bench import digits
 from lib_safedenoise.bench.stats import Z95, wilson_interval
@@ -218,7 +218,7 @@ The others run with ``--methods``."""
 
 PROMPT_BANK_SIZE = 100  # the model's own samples of K in the prompt-made negation bank
 OWN_REFERENCE_SIZE = 400  # the model's own samples of ordinary prompts in the reference nobody curated
-OWN_REFERENCE_PROMPTS = {"labels": list(range(10)), "empty": None}
+OWN_REFERENCE_PROMPTS = {"labels": tuple(range(10)), "empty": None}
 """The own reference's prompts: every label cycled (the one-click reference's generic prompts: ordinary
 subjects, the negated one among them as often as any) or the empty prompt (unconditional samples)."""
 OWN_SAMPLES = {"prompt_bank": 80_001, "own_reference": 80_002, "memorised_own_reference": 80_003,
@@ -327,7 +327,7 @@ def own_sample_banks(setup: Setup, model, negate: int, *, prompt_bank_size: int,
     if own_reference_prompts not in OWN_REFERENCE_PROMPTS:
         raise ValueError(f"--own-reference-prompts must be one of {', '.join(OWN_REFERENCE_PROMPTS)}, "
                          f"got {own_reference_prompts!r}")
-    unguided = round(prompt_bank_size * unguided_share)
+    unguided = unguided_samples(prompt_bank_size, unguided_share)
     parts = [sample_latents(setup, model, Intervention(), negate, count=count, cfg_scale=scale,
                             seed_offset=OWN_SAMPLES[key])[0]
              for count, scale, key in ((unguided, 1.0, "prompt_bank_unguided"),

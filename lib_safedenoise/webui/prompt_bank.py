@@ -33,7 +33,8 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from lib_safedenoise.banks import spaces
-from lib_safedenoise.banks.builder import UNGUIDED_SHARE, BuildReport, Progress, write_generated_bank
+from lib_safedenoise.banks.builder import (UNGUIDED_SHARE, BuildReport, Progress, unguided_samples,
+                                           write_generated_bank)
 from lib_safedenoise.banks.errors import BankError
 from lib_safedenoise.banks.metadata import MAX_GENERATION_CHARS, TEXT_LIMITS
 from lib_safedenoise.core.latent_bank import ROLES
@@ -187,7 +188,7 @@ def generate_bank(request: PromptBankRequest, *, path, encoder, generate: Callab
     height, width = request.height or encoder.resolution[0], request.width or encoder.resolution[1]
     seed = request.seed if request.seed >= 0 else random.randrange(MAX_SEED - request.samples)
     own_args = GenerationArgs(enabled=False).to_script_args()
-    unguided = round(request.samples * request.unguided_share)
+    unguided = unguided_samples(request.samples, request.unguided_share)
     prompts = request.prompts or (request.prompt,)
     kept: list[torch.Tensor] = []
     done, batches, used, prompts_used = 0, 0, {}, {}

@@ -177,6 +177,19 @@ def _card(values: Sequence[str]) -> dict[str, str]:
     return {key: value for key, value in zip(CARD_FIELDS, values) if value}
 
 
+def prompt_request(prompt: str, negative_prompt: str, samples: float, role: str, name: str, overwrite: bool,
+                   sampler_name: str, steps: float, cfg_scale: float, unguided_share: float, width: float,
+                   height: float, seed: float, *card_values: str) -> PromptBankRequest:
+    """The prompt form's values as a validated request (``ValueError`` says what is wrong): the share
+    ``unguided_share`` of the samples at CFG 1; an empty name builds a bank named as the one-click reference;
+    width and height 0 mean the model's native size, seed -1 a random one."""
+    return PromptBankRequest(
+        name=(name or "").strip(), prompt=prompt or "", negative_prompt=negative_prompt or "",
+        samples=int(samples or 0), role=role, overwrite=bool(overwrite), sampler_name=sampler_name or "",
+        steps=int(steps or 0), cfg_scale=float(cfg_scale or 0), unguided_share=float(unguided_share or 0),
+        width=int(width or 0), height=int(height or 0), seed=int(seed or 0), card=_card(card_values))
+
+
 def in_background(task: Callable[[Callable[[int, int, str], None]], Any], thread_name: str,
                   render: Callable[[dict], tuple]):
     """Run ``task(progress)`` (a bank build) on a worker thread, so the page's event stays responsive.
@@ -265,27 +278,18 @@ class TabHandlers:
                report_html(outcome.get("report"), outcome.get("error", "")), rows, dropdown,
                gr.update() if folder else None)
 
-    def build_from_prompt(self, prompt: str, negative_prompt: str, samples: float, role: str, name: str,
-                          overwrite: bool, sampler_name: str, steps: float, cfg_scale: float, unguided_share: float,
-                          width: float, height: float, seed: float, *card_values: str):
-        """Generator of ``(progress, report, table, bank dropdown)`` updates while a bank of ``samples`` of the
-        loaded model's own samples of ``prompt`` is generated (``BankService.build_from_prompt``), the share
-        ``unguided_share`` of them at CFG 1. An empty name builds a bank named as the one-click reference;
-        width and height 0 mean the model's native size, seed -1 a random one."""
-        yield from self._generate(lambda: PromptBankRequest(
-            name=(name or "").strip(), prompt=prompt or "", negative_prompt=negative_prompt or "",
-            samples=int(samples or 0), role=role, overwrite=bool(overwrite), sampler_name=sampler_name or "",
-            steps=int(steps or 0), cfg_scale=float(cfg_scale or 0), unguided_share=float(unguided_share or 0),
-            width=int(width or 0), height=int(height or 0), seed=int(seed or 0), card=_card(card_values)))
+    def build_from_prompt(self, *form):
+        """Generator of ``(progress, report, table, bank dropdown)`` updates while a bank of the loaded model's
+        own samples of a prompt is generated (``BankService.build_from_prompt``); ``form``: the prompt form's
+        values in ``prompt_request``'s order."""
+        yield from self._generate(lambda: prompt_request(*form))
 
-    def build_own_reference(self, overwrite: bool, sampler_name: str, steps: float, cfg_scale: float,
-                            _unguided_share: float, width: float, height: float, seed: float, *card_values: str):
-        """``build_from_prompt`` for the one-click reference bank (``prompt_bank.as_one_click_reference``:
-        ``REFERENCE_SAMPLES`` samples of the generic prompts, all guided, so the unguided share is not used)."""
-        yield from self._generate(lambda: as_one_click_reference(PromptBankRequest(
-            name="", samples=REFERENCE_SAMPLES, overwrite=bool(overwrite), sampler_name=sampler_name or "",
-            steps=int(steps or 0), cfg_scale=float(cfg_scale or 0), width=int(width or 0), height=int(height or 0),
-            seed=int(seed or 0), card=_card(card_values))))
+    def build_own_reference(self, overwrite: bool, *sampling_and_card):
+        """``build_from_prompt`` for the one-click reference bank, with the form's sampling settings and card
+        (``prompt_bank.as_one_click_reference``: ``REFERENCE_SAMPLES`` samples of the generic prompts, all
+        guided, whatever the form's share at CFG 1)."""
+        yield from self._generate(lambda: as_one_click_reference(prompt_request(
+            "", "", REFERENCE_SAMPLES, "reference", "", overwrite, *sampling_and_card)))
 
     def _generate(self, make_request: Callable[[], PromptBankRequest]):
         try:
