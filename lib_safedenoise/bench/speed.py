@@ -29,7 +29,9 @@ correction's time with certified pruning (``ours_s``) and with the full pass (``
 same inputs), the largest certified error of any kernel in the step, whether the correction fired
 (``fired``), the process CPU times (``*_cpu_s``: steadier than wall time on a machine shared with other
 jobs), the bytes read per bank (``bytes_read`` with pruning, ``brute_force_bytes`` without) and which bound
-certified (``bounds``); per case the index's build time and its size against the float16 bank. Each time is
+certified (``bounds``); per case the index's build time and its size against the float16 bank, and the
+case's peak resident memory beyond what the process held before the bank existed, over the float16 bank's
+bytes (``peak_memory_over_bank``; Linux). Each time is
 a single run (a 100,000-item brute-force pass takes seconds).
 
 Timings on a shared machine are noisy; ratios within one run are what to compare. ``--threads 1``
@@ -43,11 +45,6 @@ import json
 import math
 import platform
 import time
-
-try:
-    import resource
-except ImportError:  # not on Windows
-    resource = None
 
 import torch
 
@@ -227,8 +224,41 @@ def scaling_case(structure: str, mode: str, query: str, bank: LatentBank, refere
     return records
 
 
+def memory_status() -> dict | None:
+    """This process's resident memory now and its peak since the last ``reset_peak_memory``, in bytes
+    (``{"rss": ..., "peak": ...}``, from Linux's ``/proc/self/status``); ``None`` where that is not readable."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            fields = dict(line.split(":", 1) for line in status if line.startswith(("VmRSS:", "VmHWM:")))
+        return {"rss": int(fields["VmRSS"].split()[0]) * 1024, "peak": int(fields["VmHWM"].split()[0]) * 1024}
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def reset_peak_memory() -> bool:
+    """Restart the peak at the current resident memory (Linux 4.0+: ``/proc/self/clear_refs``); False where
+    that is not allowed, and the peak then covers the whole process."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as clear:
+            clear.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def case_memory(before_bank: dict | None, bank_bytes: int) -> dict:
+    """What a case held beyond the process before its bank existed: ``peak_memory_over_bank`` = (the case's
+    peak resident memory - the resident memory before the bank was generated) / the float16 bank's bytes
+    (bank, index, the brute-force run and every transient included); ``None`` where unmeasurable."""
+    now = memory_status()
+    if before_bank is None or now is None:
+        return {"peak_rss_bytes": None, "peak_memory_over_bank": None}
+    return {"peak_rss_bytes": now["peak"], "peak_memory_over_bank": (now["peak"] - before_bank["rss"]) / bank_bytes}
+
+
 def run_scaling(sizes, batches, structures, modes, queries=QUERIES) -> list[dict]:
-    """Every scaling case; one bank in memory at a time (a 100,000-item SD1 bank is 3.3 GB)."""
+    """Every scaling case; one bank in memory at a time (a 100,000-item SD1 bank is 3.3 GB). Each case's
+    whole-sampling record also gets its memory (``case_memory``)."""
     generator = torch.Generator().manual_seed(0)
     centre_set = centres(SCALING_SHAPE, generator)
     reference = LatentBank("reference", generate("clustered", REFERENCE_SIZE, SCALING_SHAPE,
@@ -239,6 +269,7 @@ def run_scaling(sizes, batches, structures, modes, queries=QUERIES) -> list[dict
     records = []
     for count in sizes:
         for structure in structures:
+            before_bank = memory_status()
             latents = generate(structure, count, SCALING_SHAPE, torch.Generator().manual_seed(count), centre_set)
             for mode in modes:
                 if mode == "reference":
@@ -248,9 +279,11 @@ def run_scaling(sizes, batches, structures, modes, queries=QUERIES) -> list[dict
                     bank = LatentBank(f"{structure}-{count}", latents)
                 for query in [q for q in queries if mode == "default" or q == "near"]:
                     for batch in batches:
+                        measured = reset_peak_memory()
                         records += scaling_case(structure, mode, query, bank,
                                                 reference if mode == "default" else None, batch, sigmas,
                                                 seed=batch)
+                        records[-1].update(case_memory(before_bank if measured else None, latents.numel() * 2))
                         print(scaling_table(records[-1:]), flush=True)
                 bank.release()
             del latents
@@ -265,7 +298,8 @@ def scaling_table(records: list[dict]) -> str:
                      f"sigma={sigma:>6} fired {int(r['fired']):>2} "
                      f"ours {r['ours_s']:8.3f}s brute {r['brute_force_s']:8.3f}s "
                      f"x{r['brute_force_s'] / r['ours_s']:5.1f} (cpu x{r['brute_force_cpu_s'] / r['ours_cpu_s']:5.1f}) err {r['certified_error']:.1e} "
-                     f"read {r['bytes_read'] / 1e6:9.1f} MB (brute {r['brute_force_bytes'] / 1e6:9.1f} MB)")
+                     f"read {r['bytes_read'] / 1e6:9.1f} MB (brute {r['brute_force_bytes'] / 1e6:9.1f} MB)"
+                     + (f" memory {r['peak_memory_over_bank']:.2f}x bank" if r.get("peak_memory_over_bank") else ""))
     return "\n".join(lines)
 
 
@@ -305,8 +339,6 @@ def main(argv: list[str] | None = None) -> int:
               "threads": torch.get_num_threads(), "machine": platform.machine(), "device": "cpu"}
     if args.scaling:
         result["scaling"] = run_scaling(args.sizes, args.batches, args.structures, args.modes, args.queries)
-        if resource is not None:  # the whole process's peak, banks and their generation included
-            result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         print(scaling_table([r for r in result["scaling"] if r["sigma"] is None]))
     else:
         shapes, sizes, batches = QUICK if args.quick else (SHAPES, BANK_SIZES, BATCHES)

@@ -18,8 +18,8 @@ scored exactly, and the neglected weight is certified (``KernelPass.certified_er
 certify nothing the full pass runs (``KernelPass.bound``). ``pruning(tolerance)`` sets the tolerance
 (``None``: always the full pass); ``reading()`` collects what each pass read.
 
-Banks may be float16/bfloat16; each chunk is widened to float32 before use, so all accumulation is
-float32. Squared distances use ``|q|^2 + |x_n|^2 - 2 q.x_n`` (clamped at 0), as ``torch.cdist`` does for
+Banks may be float16/bfloat16; each chunk is widened to float32 before use (into one reused buffer, see
+``chunks``), so all accumulation is float32. Squared distances use ``|q|^2 + |x_n|^2 - 2 q.x_n`` (clamped at 0), as ``torch.cdist`` does for
 large inputs: their absolute error is about 1e-7 of the squared norms.
 """
 
@@ -35,6 +35,7 @@ from typing import Any, Callable
 import torch
 
 from . import pruning as prune
+from .chunks import Widener, float_chunks
 from .latent_bank import HostedBank, LatentBank, lasting_store
 
 CHUNK_BYTES = 16 << 20
@@ -144,6 +145,8 @@ def derived(tensor: torch.Tensor, key: tuple, compute: Callable[[], Any]):
         weakref.finalize(tensor, _derived.pop, id(tensor), None)
     key = (tensor._version, *key)  # in-place edits bump the version
     if key not in cache:
+        for stale in [known for known in cache if known[0] != tensor._version]:  # values of the data before an edit
+            del cache[stale]
         cache[key] = compute()
     return cache[key]
 
@@ -151,8 +154,7 @@ def derived(tensor: torch.Tensor, key: tuple, compute: Callable[[], Any]):
 def item_sq_norms(bank: torch.Tensor) -> torch.Tensor:
     """Squared norms of a bank's items in float32, ``[M]`` (cached per bank tensor)."""
     return derived(bank, ("sq_norms",), lambda: torch.cat([
-        torch.linalg.vector_norm(chunk.float(), dim=1).square()
-        for chunk in bank.reshape(bank.shape[0], -1).split(256)]))
+        torch.linalg.vector_norm(chunk, dim=1).square() for _, chunk in float_chunks(bank.reshape(bank.shape[0], -1), 256)]))
 
 
 def per_image(value, batch: int, device) -> torch.Tensor:
@@ -200,7 +202,8 @@ def _exact(queries, rows: _Rows, count: int, norms, scale, squared: bool, chunk:
     """The two sweeps over ``count`` rows of ``rows``: ``(mean, log_weight_sum, min_sq)``; ``scale [B]`` is
     ``-1 / (2 h^2)``."""
     starts = range(0, count, chunk)
-    products = [torch.addmm(part_norms, queries, rows.rows(start, start + chunk).float().T, alpha=-2)
+    widen = Widener()
+    products = [torch.addmm(part_norms, queries, widen(rows.rows(start, start + chunk)).T, alpha=-2)
                 for start, part_norms in zip(starts, norms.split(chunk))]
     sq = torch.cat(products, 1).add_(queries.square().sum(1, keepdim=True)).clamp_(min=0)
     score = (sq if squared else sq.sqrt()) * scale[:, None]
@@ -213,7 +216,7 @@ def _exact(queries, rows: _Rows, count: int, norms, scale, squared: bool, chunk:
     else:
         weighted = torch.zeros_like(queries)
         for start in starts:
-            weighted.addmm_(weights[:, start:start + chunk], rows.rows(start, start + chunk).float())
+            weighted.addmm_(weights[:, start:start + chunk], widen(rows.rows(start, start + chunk)))
     return weighted / total[:, None], top + total.log(), sq.amin(1)
 
 
@@ -241,7 +244,9 @@ def _direct_sq(queries, items, chunk: int) -> torch.Tensor:
     """``[B, n]`` squared distances from the differences themselves (no cancellation of ``|q|^2 + |x|^2``:
     relative error about 1e-7 of the distance, not of the norms), for the few rows pruning keeps."""
     rows = max(1, chunk // max(1, queries.shape[0]))
-    return torch.cat([(queries[:, None] - part.float()[None]).square_().sum(2) for part in items.split(rows)], 1)
+    differences = torch.empty(queries.shape[0], min(rows, items.shape[0]), queries.shape[1], device=queries.device)
+    return torch.cat([torch.sub(queries[:, None], part[None], out=differences[:, :part.shape[0]]).square_().sum(2)
+                      for part in items.split(rows)], 1)
 
 
 def _pruned(queries, rows: _Rows, index: prune.PruningIndex, scale, squared: bool, chunk: int,
@@ -251,12 +256,11 @@ def _pruned(queries, rows: _Rows, index: prune.PruningIndex, scale, squared: boo
     attempt read. See ``pruning``."""
     count = index.count
     query_sq = queries.square().sum(1)
-    read = index.cluster_bytes()
 
     def scores(sq):  # scores from squared distances (or their lower bounds: upper bounds on the scores)
         return (sq if squared else sq.sqrt()) * scale[:, None]
 
-    lower = index.cluster_lower_bound(queries, query_sq)
+    lower, read = index.cluster_lower_bound(queries, query_sq)
     bound = "cluster"
     seeds = scores(lower).topk(min(prune.SEEDS, count), 1).indices.flatten().unique()
     floor = scores(_direct_sq(queries, rows.take(seeds), chunk)).logsumexp(1)
@@ -357,11 +361,11 @@ def log_weight_ceiling(x: torch.Tensor, bandwidth, bank) -> tuple[torch.Tensor, 
         return None
     index = pruning_index(bank, x.device)
     queries = x.reshape(batch, -1).float()
-    lower = index.cluster_lower_bound(queries, queries.square().sum(1))
+    lower, read = index.cluster_lower_bound(queries, queries.square().sum(1))
     scale = -0.5 / per_image(bandwidth, batch, x.device).square()
     ceiling = (lower * scale[:, None]).logsumexp(1)
     zero = [0.0] * batch
-    _record(KernelRecord(id(_Rows(bank, x.device).storage), count, "ceiling", 0, index.cluster_bytes(), zero, zero))
+    _record(KernelRecord(id(_Rows(bank, x.device).storage), count, "ceiling", 0, read, zero, zero))
     return ceiling, lower.amin(1)
 
 

@@ -57,7 +57,7 @@ def storage_dtype(latents: torch.Tensor, device) -> torch.dtype:
         return latents.dtype
     if latents.numel() * 4 <= LARGE_BANK_BYTES:
         return torch.float32
-    largest = max(float(chunk.abs().amax()) for chunk in latents.split(256))
+    largest = max(max(-float(low), float(high)) for low, high in map(torch.aminmax, latents.split(256)))
     if torch.device(device).type in BF16_DEVICES or largest > FLOAT16_MAX:
         return torch.bfloat16
     return torch.float16

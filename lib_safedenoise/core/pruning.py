@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from .chunks import Widener, float_chunks
+
 DEFAULT_TOLERANCE = 1e-4
 """Default bound on ``rho``, the skipped items' weight relative to the kept ones: the log-sum-exp of the
 kernel is exact to ``1e-4`` nats, the kernel mean to ``1e-4`` times the largest skipped item's distance."""
@@ -50,13 +52,18 @@ BLOCK = 4
 """Pooled blocks are ``BLOCK x BLOCK`` positions of one channel: the float32 pooled copy is 1/16 of the
 values, 4/16 = 25% of a float32 bank's bytes, 12.5% of a float16 bank's."""
 
-CLUSTER_SIZE = 16
-"""Items per cluster on average: the centroids (in the bank's dtype) add 1/16 of the bank, so with the
-pooled copy the index adds at most 12.5% + 6.25% + 16 bytes per item of a float16 bank (the issue's 20%)."""
+CLUSTER_SIZE = 32
+"""Items per cluster on average: the centroids (in the bank's dtype) add 1/32 of the bank, so with the
+pooled copy the index adds at most 12.5% + 3.1% + 16 bytes per item of a float16 bank, which leaves room
+within 1.2 times the bank for the kernels' working memory (clusters of 16 took the index to 18.8%)."""
 
 CLUSTER_BLOCK = 8
 """The clustering runs on ``CLUSTER_BLOCK x CLUSTER_BLOCK`` block means (1/64 of the values): it only
 chooses which items share a centroid, which the bound holds for whatever the choice."""
+
+CENTROID_SWEEPS = 8
+"""The centroids' float32 sums are formed for 1/8 of the clusters per sweep over the bank: 1/128 of a float16
+bank's bytes at a time instead of 1/16 (seven more reads of the bank while the index is built)."""
 
 KMEANS_ROUNDS = 2
 """Lloyd rounds of the clustering (on the pooled copy): more rounds tighten the bounds, never loosen the
@@ -95,7 +102,8 @@ class PruningIndex:
     ``residual [M]`` the float32 distance ``|x_n - c_j|`` to its centroid. ``failed`` maps a kernel kind
     (squared or not) to the smallest bandwidth at which pruning did not pay: wider kernels prune less, so
     passes at that bandwidth or wider go straight to the full pass (a choice of speed only, never of
-    correctness; ``to`` starts it afresh for each generation, whose noise levels fall).
+    correctness; ``to`` starts it afresh for each generation, whose noise levels fall). ``last_bound``: the
+    queries and result of the last cluster bound (see ``cluster_lower_bound``).
     """
 
     sq_norms: torch.Tensor
@@ -106,6 +114,7 @@ class PruningIndex:
     assignment: torch.Tensor
     residual: torch.Tensor
     failed: dict = field(default_factory=dict)
+    last_bound: tuple | None = field(default=None, repr=False)
 
     @property
     def count(self) -> int:
@@ -131,17 +140,26 @@ class PruningIndex:
         """Bytes read by one pooled bound (0 without a pooled copy)."""
         return 0 if self.pooled is None else self.pooled.numel() * 4
 
-    def cluster_lower_bound(self, queries: torch.Tensor, query_sq: torch.Tensor) -> torch.Tensor:
-        """``[B, M]`` lower bounds on ``|q_b - x_n|^2`` from ``|q - c_j| - |x_n - c_j|``."""
+    def cluster_lower_bound(self, queries: torch.Tensor, query_sq: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """``[B, M]`` lower bounds on ``|q_b - x_n|^2`` from ``|q - c_j| - |x_n - c_j|`` (not to be modified in
+        place), and the bytes read for them: none when ``queries`` equal the last call's, whose bounds are
+        returned again (the posterior mode bounds each step's prediction twice: to rule the bank out, then
+        to prune its kernel)."""
+        last = self.last_bound
+        if (last is not None and last[0].shape == queries.shape and last[0].device == queries.device
+                and torch.equal(last[0], queries)):
+            return last[1], 0
         rows = max(1, (4 << 20) // (4 * queries.shape[1]))  # widened chunks of centroids stay in cache
-        sq = torch.cat([torch.addmm(norms[None], queries, part.float().T, alpha=-2)
-                        for part, norms in zip(self.centroids.split(rows), self.centroid_sq.split(rows))], 1)
+        sq = torch.cat([torch.addmm(norms[None], queries, part.T, alpha=-2) for (_, part), norms
+                        in zip(float_chunks(self.centroids, rows), self.centroid_sq.split(rows))], 1)
         sq.add_(query_sq[:, None])
         sq.sub_(FLOAT_SLACK * (query_sq[:, None] + self.centroid_sq[None])).clamp_(min=0)
         to_centroid = sq.sqrt_()[:, self.assignment]  # [B, M]
         # the residual norm rounds like the distances: raise it by the slack on the item's scale
         residual = self.residual + math.sqrt(FLOAT_SLACK) * self.sq_norms.sqrt()
-        return (to_centroid - residual[None]).clamp_(min=0).square_()
+        bound = (to_centroid - residual[None]).clamp_(min=0).square_()
+        self.last_bound = (queries.clone(), bound)
+        return bound, self.cluster_bytes()
 
     def pooled_lower_bound(self, queries: torch.Tensor, query_sq: torch.Tensor, shape: tuple) -> torch.Tensor:
         """``[B, M]`` lower bounds on ``|q_b - x_n|^2`` from the block means (Jensen per block)."""
@@ -163,47 +181,70 @@ def build_index(count: int, rows, shape: tuple, dtype: torch.dtype, device, chun
     width = math.prod(shape)
     starts = range(0, count, chunk_rows)
     coarse = shape[-1] % CLUSTER_BLOCK == 0 and shape[-2] % CLUSTER_BLOCK == 0
-    norms, pools, spaces = [], [], []
+    poolable = shape[-1] % BLOCK == 0 and shape[-2] % BLOCK == 0
+    # filled in place: concatenating per-chunk pieces would hold every summary twice at the peak
+    sq_norms = torch.empty(count, device=device)
+    pooled_items = torch.empty(count, width // BLOCK ** 2, device=device) if poolable else None
+    space = torch.empty(count, width // CLUSTER_BLOCK ** 2 if coarse else width, device=device)
+    widen = Widener()
     for start in starts:
-        chunk = rows(start, start + chunk_rows).float()
-        norms.append(chunk.flatten(1).square().sum(1))
-        pools.append(pooled(chunk))
-        spaces.append(F.avg_pool2d(chunk, CLUSTER_BLOCK).flatten(1) if coarse else chunk.flatten(1))
-    sq_norms = torch.cat(norms)
-    pooled_items = None if pools[0] is None else torch.cat(pools)
+        chunk = widen(rows(start, start + chunk_rows))
+        stop = start + chunk.shape[0]
+        sq_norms[start:stop] = torch.linalg.vector_norm(chunk.flatten(1), dim=1).square()
+        if poolable:
+            pooled_items[start:stop] = pooled(chunk)
+        space[start:stop] = F.avg_pool2d(chunk, CLUSTER_BLOCK).flatten(1) if coarse else chunk.flatten(1)
     clusters = max(1, count // CLUSTER_SIZE)
-    space = torch.cat(spaces)
-    del spaces
     centres = space[torch.linspace(0, count - 1, clusters, device=space.device).round().long()].clone()
+    assignment = torch.empty(count, dtype=torch.long, device=device)
+    scores = torch.empty(min(count, 1024), clusters, device=device)  # reused: no heap left holding each part's
     for _ in range(KMEANS_ROUNDS + 1):
         centre_sq = centres.square().sum(1)[None]
-        assignment = torch.cat([torch.addmm(centre_sq, part, centres.T, alpha=-2).argmin(1)
-                                for part in space.split(4096)])
+        for start, part in zip(range(0, count, 1024), space.split(1024)):
+            part_scores = torch.addmm(centre_sq, part, centres.T, alpha=-2, out=scores[:part.shape[0]])
+            torch.argmin(part_scores, 1, out=assignment[start:start + part.shape[0]])
         sums = torch.zeros_like(centres).index_add_(0, assignment, space)
         sizes = torch.bincount(assignment, minlength=clusters).to(space.dtype)
         filled = sizes > 0
         centres[filled] = sums[filled] / sizes[filled, None]
     del space
-    totals = torch.zeros(clusters, width, device=device)
-    for start in starts:
-        totals.index_add_(0, assignment[start:start + chunk_rows], rows(start, start + chunk_rows).float().flatten(1))
-    sizes = torch.bincount(assignment, minlength=clusters).clamp_(min=1).to(totals.dtype)
-    centroids = (totals / sizes[:, None]).to(dtype)
+    sizes = torch.bincount(assignment, minlength=clusters).clamp_(min=1).float()
+    centroids = torch.empty(clusters, width, dtype=dtype, device=device)
+    # float32 sums for a group of clusters at a time, one sweep per group, so they stay a small part of the bank
+    group = max(1, clusters // CENTROID_SWEEPS)
+    totals = torch.empty(min(group, clusters) + 1, width, device=device)  # the last row takes the other groups
+    for first in range(0, clusters, group):
+        last = min(clusters, first + group)
+        totals.zero_()
+        for start, members in zip(starts, assignment.split(chunk_rows)):
+            inside = (members >= first) & (members < last)
+            if bool(inside.any()):
+                slots = torch.where(inside, members - first, totals.shape[0] - 1)
+                totals.index_add_(0, slots, widen(rows(start, start + chunk_rows)).flatten(1))
+        centroids[first:last] = totals[:last - first] / sizes[first:last, None]
     del totals
-    wide = centroids.float()
-    residual = torch.cat([
-        (rows(start, start + chunk_rows).float().flatten(1) - wide[assignment[start:start + chunk_rows]]).norm(dim=1)
-        for start in starts])
+    centroid_sq = torch.cat([torch.linalg.vector_norm(part, dim=1).square()
+                             for _, part in float_chunks(centroids, chunk_rows)])
+    # each chunk's centroids as stored, gathered and widened into buffers (no float copy of all centroids)
+    rows_at_most = min(chunk_rows, count)
+    gathered = torch.empty(rows_at_most, width, dtype=dtype, device=device)
+    offsets, residuals = torch.empty(rows_at_most, width, device=device), []
+    for start, members in zip(starts, assignment.split(chunk_rows)):
+        own = torch.index_select(centroids, 0, members, out=gathered[:len(members)])
+        offset = offsets[:len(members)].copy_(own).sub_(widen(rows(start, start + chunk_rows)).flatten(1))
+        residuals.append(torch.linalg.vector_norm(offset, dim=1))
     return PruningIndex(sq_norms, pooled_items,
-                        None if pooled_items is None else pooled_items.square().sum(1),
-                        centroids, wide.square().sum(1), assignment, residual)
+                        None if pooled_items is None else torch.linalg.vector_norm(pooled_items, dim=1).square(),
+                        centroids, centroid_sq, assignment, torch.cat(residuals))
 
 
 def skippable(upper: torch.Tensor, floor: torch.Tensor, tolerance: float) -> torch.Tensor:
     """``[B, M]`` mask of items that may be skipped for each query: the largest set, taken from the smallest
-    score bounds ``upper [B, M]`` up, whose bounds' log-sum-exp stays at
+    score bounds ``upper [B, M]`` up and never splitting equal bounds, whose bounds' log-sum-exp stays at
     most ``floor [B] + log(tolerance)``, ``floor`` a lower bound on the kept items' log-sum-exp."""
-    ordered, order = upper.sort(1)
-    cumulative = torch.logcumsumexp(ordered, 1)
-    mask_sorted = cumulative <= (floor + math.log(tolerance))[:, None]
-    return torch.zeros_like(mask_sorted).scatter_(1, order, mask_sorted)
+    ordered, _ = upper.sort(1)
+    within = torch.logcumsumexp(ordered, 1) <= (floor + math.log(tolerance))[:, None]  # a prefix of each row
+    # the smallest bound that cannot be skipped; items tied with it are kept too, so equal items share a fate
+    first_kept = ordered.gather(1, within.sum(1, keepdim=True).clamp_(max=upper.shape[1] - 1))
+    first_kept[within.all(1)] = math.inf
+    return upper < first_kept

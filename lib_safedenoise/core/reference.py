@@ -35,6 +35,7 @@ from typing import Sequence
 
 import torch
 
+from .chunks import Widener, float_chunks
 from .kernel import CHUNK_BYTES
 from .latent_bank import LatentBank, resize_latents
 from .modes import item_spread_sq
@@ -47,18 +48,22 @@ def _log_kernel_sums(queries: torch.Tensor, items: torch.Tensor, scale: float, *
                      dropped: torch.Tensor | None = None) -> torch.Tensor:
     """``log sum_m exp(scale * |q_i - x_m|^2)`` per query row, float64 ``[Q]``, chunked over both sides.
 
-    ``leave_out_self``: the queries are the items themselves and the pair ``(i, i)`` is left out;
-    ``dropped``: ``[M]`` bool, items left out of every sum. A row with nothing left sums to ``-inf``.
+    ``queries [Q, C, H, W]`` and ``items [M, C, H', W']`` in any float dtype; items are resized to the queries'
+    latent size and both are widened to float32 a chunk at a time. ``leave_out_self``: the queries are the
+    items themselves and the pair ``(i, i)`` is left out; ``dropped``: ``[M]`` bool, items left out of every
+    sum. A row with nothing left sums to ``-inf``.
     """
-    norms = items.square().sum(1)
+    size = tuple(queries.shape[-2:])
     total = torch.full((queries.shape[0],), -math.inf, dtype=torch.float64)
-    rows = max(64, int(math.sqrt(CHUNK_BYTES // 4)), CHUNK_BYTES // (4 * max(1, items.shape[1])))
-    for first in range(0, queries.shape[0], rows):
-        block = queries[first:first + rows]
-        block_sq = block.square().sum(1, keepdim=True)
-        for start in range(0, items.shape[0], rows):
-            chunk = items[start:start + rows]
-            sq = torch.addmm(block_sq + norms[None, start:start + rows], block, chunk.T, alpha=-2).clamp_(min=0)
+    # rows per block on either side: a block of float32 rows and a block of float64 scores each within CHUNK_BYTES
+    rows = max(64, min(CHUNK_BYTES // (4 * max(1, queries[0].numel())), math.isqrt(CHUNK_BYTES // 8)))
+    widen_items = Widener()
+    for first, block in float_chunks(queries.detach().cpu().flatten(1), rows):
+        block_sq = torch.linalg.vector_norm(block, dim=1, keepdim=True).square()
+        for start in range(0, items.shape[0], rows):  # resized chunk by chunk (a no-op at the same size)
+            chunk = widen_items(resize_latents(items[start:start + rows].detach().cpu(), size).flatten(1))
+            sq = torch.addmm(block_sq + torch.linalg.vector_norm(chunk, dim=1).square()[None], block, chunk.T,
+                             alpha=-2).clamp_(min=0)
             scores = (scale * sq).double()
             if dropped is not None:
                 scores[:, dropped[start:start + rows]] = -math.inf
@@ -77,8 +82,8 @@ def claimed(reference: torch.Tensor, negations: Sequence[torch.Tensor], *, sprea
     ``reference``: ``[R, C, H, W]`` latents; ``negations``: one or more ``[N_k, C, H', W']`` tensors of the
     same channel count (resized to the reference's latent size, cover then centre-crop, as banks are adapted);
     ``spread_sq``: the kernels' per-element variance ``s^2`` (> 0); ``prior_odds``: ``Z_u / Z_s`` (> 0);
-    ``rounds`` >= 1. Distances in float32 on CPU (sums in float64): one chunked pass over the negation
-    items, and one over the reference per round. An item with no other unclaimed item left to weigh it
+    ``rounds`` >= 1. Distances in float32 on CPU (sums in float64), each chunk widened on its own, so no float
+    copy of a bank is made: one chunked pass over each negation bank, and one over the reference per round. An item with no other unclaimed item left to weigh it
     against (a one-item reference, or the last one) is kept: without a safe side there is no odds.
     """
     if reference.ndim != 4 or reference.shape[0] == 0:
@@ -99,18 +104,15 @@ def claimed(reference: torch.Tensor, negations: Sequence[torch.Tensor], *, sprea
     taken = torch.zeros(count, dtype=torch.bool)
     if count < 2:
         return taken
-    size = tuple(reference.shape[-2:])
-    items = reference.detach().to("cpu", torch.float32).reshape(count, -1)
-    unsafe = torch.cat([resize_latents(bank.detach().to("cpu", torch.float32), size).reshape(bank.shape[0], -1)
-                        for bank in negations])
     scale = -0.5 / spread_sq
-    log_u = _log_kernel_sums(items, unsafe, scale) - math.log(unsafe.shape[0])
+    log_u = torch.stack([_log_kernel_sums(reference, bank, scale) for bank in negations]).logsumexp(0) \
+        - math.log(sum(bank.shape[0] for bank in negations))
     for _ in range(rounds):
         rest = ~taken
         others = int(rest.sum()) - 1  # |S| - 1: the rest of S for each item of S (claimed ones are not re-judged)
         if others < 1:
             break
-        log_s = _log_kernel_sums(items, items, scale, leave_out_self=True, dropped=taken) - math.log(others)
+        log_s = _log_kernel_sums(reference, reference, scale, leave_out_self=True, dropped=taken) - math.log(others)
         now = rest & (math.log(prior_odds) + log_u - log_s > 0)
         if not now.any():
             break
