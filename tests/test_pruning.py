@@ -156,14 +156,8 @@ def test_the_index_adds_at_most_a_fifth_of_the_float16_bank():
                    bank[:3].float() + 0.05 * torch.randn(3, *SHAPE, generator=generator)])
     exact = torch.cdist(x.flatten(1).double(), bank.flatten(1).double()).square()
     query_sq = x.flatten(1).square().sum(1)
-    bound, read = index.cluster_lower_bound(x.flatten(1), query_sq)
-    cluster = bound.double()
-    assert (cluster <= exact).all() and (cluster > 0).any() and read == index.cluster_bytes()
-    # the same queries again (the posterior mode's second bound of a step's prediction): reused, nothing read
-    again, read = index.cluster_lower_bound(x.flatten(1).clone(), query_sq)
-    assert again is bound and read == 0
-    moved, read = index.cluster_lower_bound(x.flatten(1) + 1e-3, query_sq)
-    assert moved is not bound and read == index.cluster_bytes()
+    cluster = index.cluster_lower_bound(x.flatten(1), query_sq).double()
+    assert (cluster <= exact).all() and (cluster > 0).any()
     assert (index.pooled_lower_bound(x.flatten(1), query_sq, SHAPE).double() <= exact).all()
 
 

@@ -286,6 +286,7 @@ def run_scaling(sizes, batches, structures, modes, queries=QUERIES) -> list[dict
                         records[-1].update(case_memory(before_bank if measured else None, latents.numel() * 2))
                         print(scaling_table(records[-1:]), flush=True)
                 bank.release()
+                del bank  # its index goes with it, before the next bank's is built
             del latents
     return records
 

@@ -260,7 +260,8 @@ def _pruned(queries, rows: _Rows, index: prune.PruningIndex, scale, squared: boo
     def scores(sq):  # scores from squared distances (or their lower bounds: upper bounds on the scores)
         return (sq if squared else sq.sqrt()) * scale[:, None]
 
-    lower, read = index.cluster_lower_bound(queries, query_sq)
+    read = index.cluster_bytes()
+    lower = index.cluster_lower_bound(queries, query_sq)
     bound = "cluster"
     seeds = scores(lower).topk(min(prune.SEEDS, count), 1).indices.flatten().unique()
     floor = scores(_direct_sq(queries, rows.take(seeds), chunk)).logsumexp(1)
@@ -361,11 +362,11 @@ def log_weight_ceiling(x: torch.Tensor, bandwidth, bank) -> tuple[torch.Tensor, 
         return None
     index = pruning_index(bank, x.device)
     queries = x.reshape(batch, -1).float()
-    lower, read = index.cluster_lower_bound(queries, queries.square().sum(1))
+    lower = index.cluster_lower_bound(queries, queries.square().sum(1))
     scale = -0.5 / per_image(bandwidth, batch, x.device).square()
     ceiling = (lower * scale[:, None]).logsumexp(1)
     zero = [0.0] * batch
-    _record(KernelRecord(id(_Rows(bank, x.device).storage), count, "ceiling", 0, read, zero, zero))
+    _record(KernelRecord(id(_Rows(bank, x.device).storage), count, "ceiling", 0, index.cluster_bytes(), zero, zero))
     return ceiling, lower.amin(1)
 
 

@@ -102,8 +102,7 @@ class PruningIndex:
     ``residual [M]`` the float32 distance ``|x_n - c_j|`` to its centroid. ``failed`` maps a kernel kind
     (squared or not) to the smallest bandwidth at which pruning did not pay: wider kernels prune less, so
     passes at that bandwidth or wider go straight to the full pass (a choice of speed only, never of
-    correctness; ``to`` starts it afresh for each generation, whose noise levels fall). ``last_bound``: the
-    queries and result of the last cluster bound (see ``cluster_lower_bound``).
+    correctness; ``to`` starts it afresh for each generation, whose noise levels fall).
     """
 
     sq_norms: torch.Tensor
@@ -114,7 +113,6 @@ class PruningIndex:
     assignment: torch.Tensor
     residual: torch.Tensor
     failed: dict = field(default_factory=dict)
-    last_bound: tuple | None = field(default=None, repr=False)
 
     @property
     def count(self) -> int:
@@ -140,15 +138,8 @@ class PruningIndex:
         """Bytes read by one pooled bound (0 without a pooled copy)."""
         return 0 if self.pooled is None else self.pooled.numel() * 4
 
-    def cluster_lower_bound(self, queries: torch.Tensor, query_sq: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """``[B, M]`` lower bounds on ``|q_b - x_n|^2`` from ``|q - c_j| - |x_n - c_j|`` (not to be modified in
-        place), and the bytes read for them: none when ``queries`` equal the last call's, whose bounds are
-        returned again (the posterior mode bounds each step's prediction twice: to rule the bank out, then
-        to prune its kernel)."""
-        last = self.last_bound
-        if (last is not None and last[0].shape == queries.shape and last[0].device == queries.device
-                and torch.equal(last[0], queries)):
-            return last[1], 0
+    def cluster_lower_bound(self, queries: torch.Tensor, query_sq: torch.Tensor) -> torch.Tensor:
+        """``[B, M]`` lower bounds on ``|q_b - x_n|^2`` from ``|q - c_j| - |x_n - c_j|``."""
         rows = max(1, (4 << 20) // (4 * queries.shape[1]))  # widened chunks of centroids stay in cache
         sq = torch.cat([torch.addmm(norms[None], queries, part.T, alpha=-2) for (_, part), norms
                         in zip(float_chunks(self.centroids, rows), self.centroid_sq.split(rows))], 1)
@@ -157,9 +148,7 @@ class PruningIndex:
         to_centroid = sq.sqrt_()[:, self.assignment]  # [B, M]
         # the residual norm rounds like the distances: raise it by the slack on the item's scale
         residual = self.residual + math.sqrt(FLOAT_SLACK) * self.sq_norms.sqrt()
-        bound = (to_centroid - residual[None]).clamp_(min=0).square_()
-        self.last_bound = (queries.clone(), bound)
-        return bound, self.cluster_bytes()
+        return (to_centroid - residual[None]).clamp_(min=0).square_()
 
     def pooled_lower_bound(self, queries: torch.Tensor, query_sq: torch.Tensor, shape: tuple) -> torch.Tensor:
         """``[B, M]`` lower bounds on ``|q_b - x_n|^2`` from the block means (Jensen per block)."""
