@@ -36,7 +36,6 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from .chunks import Widener, float_chunks
 
@@ -84,12 +83,18 @@ three reads of it on CPU); beyond that the full pass is as cheap, and the gather
 than the 20% of memory an index may add."""
 
 
-def pooled(latents: torch.Tensor) -> torch.Tensor | None:
-    """Float32 ``BLOCK x BLOCK`` block means of ``[N, C, H, W]`` latents, flattened: ``[N, D / 16]``;
-    ``None`` when ``H`` or ``W`` is not a multiple of ``BLOCK``."""
-    if latents.shape[-1] % BLOCK or latents.shape[-2] % BLOCK:
+def pooled(latents: torch.Tensor, block: int = BLOCK, out: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Float32 ``block x block`` block means of ``[N, C, H, W]`` latents, flattened: ``[N, D / block^2]``
+    (written into ``out``, a contiguous tensor of that shape, when given: sweeps over a bank then allocate
+    nothing per chunk); ``None`` when ``H`` or ``W`` is not a multiple of ``block``."""
+    count, channels, height, width = latents.shape
+    if height % block or width % block:
         return None
-    return F.avg_pool2d(latents.float(), BLOCK).flatten(1)
+    blocks = latents.float().reshape(count, channels, height // block, block, width // block, block)
+    if out is None:
+        return blocks.mean((3, 5)).flatten(1)
+    torch.mean(blocks, (3, 5), out=out.view(count, channels, height // block, width // block))
+    return out
 
 
 @dataclass
@@ -181,8 +186,11 @@ def build_index(count: int, rows, shape: tuple, dtype: torch.dtype, device, chun
         stop = start + chunk.shape[0]
         sq_norms[start:stop] = torch.linalg.vector_norm(chunk.flatten(1), dim=1).square()
         if poolable:
-            pooled_items[start:stop] = pooled(chunk)
-        space[start:stop] = F.avg_pool2d(chunk, CLUSTER_BLOCK).flatten(1) if coarse else chunk.flatten(1)
+            pooled(chunk, out=pooled_items[start:stop])
+        if coarse:
+            pooled(chunk, CLUSTER_BLOCK, out=space[start:stop])
+        else:
+            space[start:stop] = chunk.flatten(1)
     clusters = max(1, count // CLUSTER_SIZE)
     centres = space[torch.linspace(0, count - 1, clusters, device=space.device).round().long()].clone()
     assignment = torch.empty(count, dtype=torch.long, device=device)
