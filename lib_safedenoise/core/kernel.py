@@ -19,8 +19,8 @@ certify nothing the full pass runs (``KernelPass.bound``). ``pruning(tolerance)`
 (``None``: always the full pass); ``reading()`` collects what each pass read.
 
 Banks may be float16/bfloat16; each chunk is widened to float32 before use (into one reused buffer, see
-``chunks``), so all accumulation is float32. Squared distances use ``|q|^2 + |x_n|^2 - 2 q.x_n`` (clamped at 0), as ``torch.cdist`` does for
-large inputs: their absolute error is about 1e-7 of the squared norms.
+``chunks``), so all accumulation is float32. Squared distances use ``|q|^2 + |x_n|^2 - 2 q.x_n`` (clamped
+at 0), as ``torch.cdist`` does for large inputs: their absolute error is about 1e-7 of the squared norms.
 """
 
 from __future__ import annotations
@@ -154,7 +154,8 @@ def derived(tensor: torch.Tensor, key: tuple, compute: Callable[[], Any]):
 def item_sq_norms(bank: torch.Tensor) -> torch.Tensor:
     """Squared norms of a bank's items in float32, ``[M]`` (cached per bank tensor)."""
     return derived(bank, ("sq_norms",), lambda: torch.cat([
-        torch.linalg.vector_norm(chunk, dim=1).square() for _, chunk in float_chunks(bank.reshape(bank.shape[0], -1), 256)]))
+        torch.linalg.vector_norm(chunk, dim=1).square()
+        for _, chunk in float_chunks(bank.reshape(bank.shape[0], -1), 256)]))
 
 
 def per_image(value, batch: int, device) -> torch.Tensor:

@@ -83,13 +83,18 @@ three reads of it on CPU); beyond that the full pass is as cheap, and the gather
 than the 20% of memory an index may add."""
 
 
+def poolable(shape: tuple, block: int) -> bool:
+    """Whether latents of ``shape`` (``[..., H, W]``) split into ``block x block`` blocks."""
+    return shape[-2] % block == 0 and shape[-1] % block == 0
+
+
 def pooled(latents: torch.Tensor, block: int = BLOCK, out: torch.Tensor | None = None) -> torch.Tensor | None:
     """Float32 ``block x block`` block means of ``[N, C, H, W]`` latents, flattened: ``[N, D / block^2]``
     (written into ``out``, a contiguous tensor of that shape, when given: sweeps over a bank then allocate
     nothing per chunk); ``None`` when ``H`` or ``W`` is not a multiple of ``block``."""
-    count, channels, height, width = latents.shape
-    if height % block or width % block:
+    if not poolable(latents.shape, block):
         return None
+    count, channels, height, width = latents.shape
     blocks = latents.float().reshape(count, channels, height // block, block, width // block, block)
     if out is None:
         return blocks.mean((3, 5)).flatten(1)
@@ -174,18 +179,17 @@ def build_index(count: int, rows, shape: tuple, dtype: torch.dtype, device, chun
     """
     width = math.prod(shape)
     starts = range(0, count, chunk_rows)
-    coarse = shape[-1] % CLUSTER_BLOCK == 0 and shape[-2] % CLUSTER_BLOCK == 0
-    poolable = shape[-1] % BLOCK == 0 and shape[-2] % BLOCK == 0
+    coarse = poolable(shape, CLUSTER_BLOCK)
     # filled in place: concatenating per-chunk pieces would hold every summary twice at the peak
     sq_norms = torch.empty(count, device=device)
-    pooled_items = torch.empty(count, width // BLOCK ** 2, device=device) if poolable else None
+    pooled_items = torch.empty(count, width // BLOCK ** 2, device=device) if poolable(shape, BLOCK) else None
     space = torch.empty(count, width // CLUSTER_BLOCK ** 2 if coarse else width, device=device)
     widen = Widener()
     for start in starts:
         chunk = widen(rows(start, start + chunk_rows))
         stop = start + chunk.shape[0]
         sq_norms[start:stop] = torch.linalg.vector_norm(chunk.flatten(1), dim=1).square()
-        if poolable:
+        if pooled_items is not None:
             pooled(chunk, out=pooled_items[start:stop])
         if coarse:
             pooled(chunk, CLUSTER_BLOCK, out=space[start:stop])

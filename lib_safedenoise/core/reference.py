@@ -83,8 +83,9 @@ def claimed(reference: torch.Tensor, negations: Sequence[torch.Tensor], *, sprea
     same channel count (resized to the reference's latent size, cover then centre-crop, as banks are adapted);
     ``spread_sq``: the kernels' per-element variance ``s^2`` (> 0); ``prior_odds``: ``Z_u / Z_s`` (> 0);
     ``rounds`` >= 1. Distances in float32 on CPU (sums in float64), each chunk widened on its own, so no float
-    copy of a bank is made: one chunked pass over each negation bank, and one over the reference per round. An item with no other unclaimed item left to weigh it
-    against (a one-item reference, or the last one) is kept: without a safe side there is no odds.
+    copy of a bank is made: one chunked pass over each negation bank, and one over the reference per round.
+    An item with no other unclaimed item left to weigh it against (a one-item reference, or the last one) is
+    kept: without a safe side there is no odds.
     """
     if reference.ndim != 4 or reference.shape[0] == 0:
         raise ValueError(f"reference latents must be [R, C, H, W] with R >= 1, got {tuple(reference.shape)}")
