@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from lib_safedenoise.bench import attack, digits, efficacy
-from lib_safedenoise.bench.judges import NearestNeighbourJudge, class_matched_frechet, class_spread
+from lib_safedenoise.bench.judges import NearestNeighbourJudge, class_matched_frechet, class_spread, nearest_distances
 from lib_safedenoise.core.latent_bank import LatentBank
 
 NEGATE = 5
@@ -122,6 +122,15 @@ def test_class_matched_frechet_sees_noise_and_wrong_classes():
     assert class_matched_frechet(real, torch.zeros_like(real_labels), heldout, labels) > 3 * clean
     with pytest.raises(ValueError, match="at least 2"):
         class_matched_frechet(real[:1], real_labels[:1], heldout, labels)
+
+
+def test_nearest_distances_tell_copies_from_new_digits():
+    train, _ = digits.subset("train")
+    heldout, _ = digits.subset("heldout")
+    copies = train[:20] + 0.01
+    assert nearest_distances(copies, train).max() < digits.near_duplicate_distance()
+    new = nearest_distances(heldout[:20], train)
+    assert new.min() > digits.near_duplicate_distance() and new.median() > 10 * nearest_distances(copies, train).median()
 
 
 def test_class_spread_counts_the_replacements():

@@ -142,6 +142,17 @@ def test_standard_run_reports_class_matched_realism_and_where_replacements_went(
         assert metrics["realism_class_frechet"] > 0
 
 
+def test_novelty_compares_the_samples_nearness_to_training_digits_with_the_models_own(small_run):
+    """The undefended model's samples of K are about as far from the training digits as its samples of
+    other classes (ratio near 1), and it copies no training digit (its training set is large)."""
+    for metrics in small_run["methods"].values():
+        low, high = metrics["ci95"]["novelty_ratio"]
+        assert low <= metrics["novelty_ratio"] <= high
+        assert 0 <= metrics["training_copy_rate"] <= 1
+    none = small_run["methods"]["none"]
+    assert 0.7 <= none["novelty_ratio"] <= 1.4 and none["training_copy_rate"] == 0.0
+
+
 def test_realism_targets_hold_at_the_report_cfg_too():
     none = {"negated_rate": 1.0, "collateral_accuracy_drop_pts": 0.0, "collateral_fid_increase_pct": 0.0,
             "unconditional_share": 0.0, "memorised_rate": 0.4, "realism_confidence": 0.99,

@@ -11,6 +11,7 @@ from lib_safedenoise.bench import kdiffusion
 from lib_safedenoise.core.engine import SafeDenoiser
 from lib_safedenoise.core.kernel import log_kernel_density
 from lib_safedenoise.core.latent_bank import LatentBank
+from lib_safedenoise.core.modes import DEFAULT_MODE
 from lib_safedenoise.core.schedule import SamplerSteps, in_window, step_progress, validate_window, window_steps
 
 
@@ -134,9 +135,9 @@ def test_report_names_the_concrete_mode_and_version_and_serialises():
     engine = always_on()
     for step in range(3):
         engine.correct_x0(x0_hat, x, 1.0, step, 3, image_ids=[7, 8])
-    assert engine.mode_name == "posterior" and engine.version == ENGINE_VERSION
+    assert engine.mode_name == DEFAULT_MODE and engine.version == ENGINE_VERSION
     data = json.loads(json.dumps(engine.report.to_dict()))
-    assert data["mode"] == "posterior" and data["engine_version"] == ENGINE_VERSION
+    assert data["mode"] == DEFAULT_MODE and data["engine_version"] == ENGINE_VERSION
     assert "default" not in json.dumps(data)
     assert sorted(data["images"]) == ["7", "8"] and [r["step"] for r in data["images"]["7"]] == [0, 1, 2]
     assert set(data["images"]["7"][0]) >= {"step", "fired", "beta", "nearest_distance"}
@@ -199,7 +200,7 @@ def test_speed_benchmark_quick_run_writes_its_json(tmp_path):
     subprocess.run([sys.executable, "-m", "lib_safedenoise.bench", "speed", "--quick", "--json", str(path)],
                    check=True, capture_output=True, timeout=300)
     data = json.loads(path.read_text())
-    assert data["engine_version"] == ENGINE_VERSION and data["default_mode"] == "posterior"
+    assert data["engine_version"] == ENGINE_VERSION and data["default_mode"] == DEFAULT_MODE
     assert data["cases"]
     for case in data["cases"]:
         assert set(case) >= {"shape", "bank_size", "batch", "ours_s", "released_s", "memory_bound_s"}
@@ -207,8 +208,8 @@ def test_speed_benchmark_quick_run_writes_its_json(tmp_path):
         assert len(case["shape"]) == 3 and case["bank_size"] >= 1 and case["batch"] >= 1
 
 
-@pytest.mark.parametrize("mode", ["posterior", "contrastive", "paper", "reference", "reference-memorization",
-                                  "reference-copro"])
+@pytest.mark.parametrize("mode", ["posterior", "posterior-replace", "contrastive", "paper", "reference",
+                                  "reference-memorization", "reference-copro"])
 def test_every_mode_handles_tiny_duplicated_and_half_banks_in_sd3_sized_latents(mode):
     """M = 1, a bank of one item repeated, fp16; latents 16 x 128 x 128 (squared distances ~1e6)."""
     generator = torch.Generator().manual_seed(8)

@@ -126,11 +126,13 @@ def test_contrastive_mode_without_reference_bank_in_64d():
     assert (shares[SAFE] / shares[SAFE].sum() - 1 / 6).abs().max() <= 0.04
 
 
-def test_posterior_mode_with_its_defaults_removes_unsafe_modes_keeps_proportions():
-    """The default mode with its default options and a reference bank, 64-D, 600 samples: no unsafe sample,
-    every safe mode's share of the safe samples within 0.045 of 1/6."""
+@pytest.mark.parametrize("mode", ["posterior", "posterior-replace"])
+def test_posterior_mode_with_its_defaults_removes_unsafe_modes_keeps_proportions(mode):
+    """The posterior modes (the swap, and the default that replaces at high noise) with their default options
+    and a reference bank, 64-D, 600 samples: no unsafe sample, every safe mode's share of the safe samples
+    within 0.045 of 1/6."""
     mu = means(64)
-    shares = engine_samples(mu, 64, "euler", reference=True, options={}, mode="posterior", count=600)
+    shares = engine_samples(mu, 64, "euler", reference=True, options={}, mode=mode, count=600)
     assert shares[UNSAFE].sum() <= 0.005
     assert (shares[SAFE] / shares[SAFE].sum() - 1 / 6).abs().max() <= 0.045
 

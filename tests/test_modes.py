@@ -9,7 +9,7 @@ from lib_safedenoise.core.engine import SafeDenoiser
 from lib_safedenoise.core.kernel import log_kernel_density, pruning, unsafe_denoiser
 from lib_safedenoise.core.latent_bank import LatentBank
 from lib_safedenoise.core.modes import (DEFAULT_MODE, MODES, Step, channel_moments, gaussian_log_density, held_posterior,
-                                   item_spread_sq, resolve_mode, channel_normalized)
+                                   item_spread_sq, replaced_share, resolve_mode, channel_normalized)
 
 
 def bank_and_inputs(seed=0, count=40, batch=3):
@@ -21,9 +21,9 @@ def bank_and_inputs(seed=0, count=40, batch=3):
 
 
 def test_default_alias_resolves_to_a_concrete_mode_and_unknown_names_list_valid_ones():
-    assert resolve_mode("default") == DEFAULT_MODE == "posterior"
+    assert resolve_mode("default") == DEFAULT_MODE == "posterior-replace"
     assert all(resolve_mode(name) == name for name in MODES)
-    with pytest.raises(ValueError, match="valid modes: default, posterior, contrastive, paper, reference"):
+    with pytest.raises(ValueError, match="valid modes: default, posterior, posterior-replace, contrastive, paper, reference"):
         resolve_mode("nonsense")
 
 
@@ -74,10 +74,13 @@ def test_paper_mode_gate_is_on_log_density():
         assert torch.equal(out[row], x0_hat[row]) != did
 
 
-@pytest.mark.parametrize("with_reference", [True, False])
-def test_posterior_mode_swaps_the_unsafe_denoiser_weighted_by_the_posterior(with_reference):
-    """x0_hat + gain * strength * pi * (E_s - E_u): E_u, E_s smoothed-kernel denoisers at x; pi judged at
-    x0_hat (kernels noised to tau) with a reference bank, at x against the Gaussian background without."""
+@pytest.mark.parametrize("with_reference, handover", [(True, 0.0), (True, 0.25), (True, 4.0), (False, 0.25)])
+def test_posterior_mode_swaps_the_unsafe_denoiser_weighted_by_the_posterior(with_reference, handover):
+    """x0_hat + r (E_s - x0_hat) + (1 - r) w (E_s - E_u), w = gain * strength * pi: E_u, E_s smoothed-kernel
+    denoisers at x; pi judged at x0_hat (kernels noised to tau) with a reference bank, at x against the
+    Gaussian background without. The replaced share r = min(1, w) sigma^2 / (sigma^2 + handover v)
+    (1 - pi(E_s)), pi(E_s) judged at E_s as at x0_hat; without a reference bank, or with handover 0, r = 0
+    (the swap alone)."""
     bank, x0_hat, x = bank_and_inputs(count=30)
     fresh = torch.randn(10, 4, 8, 8, generator=torch.Generator().manual_seed(5)) + 1.0  # apart from the bank
     given = LatentBank("other", torch.cat([bank.latents[:10] + 0.3, fresh]), role="reference")
@@ -85,7 +88,7 @@ def test_posterior_mode_swaps_the_unsafe_denoiser_weighted_by_the_posterior(with
     engine = SafeDenoiser([(bank, strength)], mode="posterior", window=(0, 1), threshold=0.0, bandwidth=spread,
                           reference=given if with_reference else None,
                           options={"gain": gain, "prior_odds": prior, "temperature": temperature,
-                                   "prediction_spread": coarseness})
+                                   "prediction_spread": coarseness, "handover": handover})
     other = LatentBank("other", fresh, role="reference")  # what is left once the bank claims its 10 near twins
     out = engine.correct_x0(x0_hat, x, sigma, 0, 1)
     h = math.sqrt(sigma ** 2 + spread ** 2)
@@ -105,7 +108,16 @@ def test_posterior_mode_swaps_the_unsafe_denoiser_weighted_by_the_posterior(with
         shrink = (var / (var + sigma ** 2))[None, :, None, None]
         safe = mean[None, :, None, None] + shrink * (x - mean[None, :, None, None])
     pi = torch.sigmoid(math.log(prior) + (log_u - log_s) / temperature)
-    expected = x0_hat + (gain * strength * pi)[:, None, None, None] * (safe - kernel_denoiser(bank))
+    weight = gain * strength * pi
+    replaced = torch.zeros_like(pi)
+    if with_reference and handover:
+        unsafe_at_safe = torch.sigmoid(math.log(prior) + (log_kernel_density(safe, tau_h, bank)
+                                                          - log_kernel_density(safe, tau_h, other)) / temperature)
+        replaced = weight.clamp(max=1) * sigma ** 2 / (sigma ** 2 + handover * float(var.mean())) * (1 - unsafe_at_safe)
+    r, w = replaced[:, None, None, None], weight[:, None, None, None]
+    expected = x0_hat + r * (safe - x0_hat) + (1 - r) * w * (safe - kernel_denoiser(bank))
+    if with_reference and handover:
+        assert float(replaced.max()) > 0.05  # the replacement is exercised
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
     assert [r[0].beta for r in engine.report.images.values()] == pytest.approx(pi.tolist(), rel=1e-4, abs=1e-6)
     off = SafeDenoiser([(bank, strength)], mode="posterior", window=(0, 1), threshold=1.01,
@@ -113,15 +125,33 @@ def test_posterior_mode_swaps_the_unsafe_denoiser_weighted_by_the_posterior(with
     assert torch.equal(off.correct_x0(x0_hat, x, sigma, 0, 1), x0_hat)  # pi never reaches 1.01
 
 
-def test_posterior_reads_the_banks_at_x_only_when_some_image_fires():
-    """With a reference bank the posterior is judged at x0_hat; the swap's kernels at x run only where it
-    acts, and the reported distance is then x0_hat's to the nearest negation item."""
+def test_replaced_shares_of_several_banks_add_up_to_at_most_one():
+    """Every bank replaces by the same E_s, so within one step the first banks' shares leave the rest only
+    what is left of 1 (a second identical bank then adds only its swap, never a second replacement)."""
+    bank, x0_hat, x = bank_and_inputs(count=20, batch=3)
+    reference = torch.randn(20, 4, 8, 8, generator=torch.Generator().manual_seed(9)) + 2.0
+    step = Step(x0_hat.flatten(1), x.flatten(1), torch.full((3,), 5.0), tuple(x0_hat.shape))
+    safe = reference[:3].flatten(1)
+    tau, weight = torch.full((3,), 0.5), torch.tensor([3.0, 0.6, 0.0])
+    options = {**MODES["posterior"].options, "handover": 0.25}
+    first = replaced_share(step, bank.latents, reference, 0.1, safe, tau, weight, 1.0, options)
+    second = replaced_share(step, bank.latents, reference, 0.1, safe, tau, weight, 1.0, options)
+    assert float(first[0]) > 0.9 and 0.5 < float(first[1]) < 0.6 and float(first[2]) == 0
+    torch.testing.assert_close(second, torch.minimum(first, 1 - first))
+    assert bool(((first + second) <= 1 + 1e-6).all())
+
+
+@pytest.mark.parametrize("mode", ["posterior", "posterior-replace"])
+def test_posterior_reads_the_banks_at_x_only_when_some_image_fires(mode):
+    """With a reference bank the posterior is judged at x0_hat; the swap's kernels at x (and, replacing, the
+    judgement of E_s) run only where it acts, and the reported distance is then x0_hat's to the nearest
+    negation item."""
     bank, x0_hat, x = bank_and_inputs(count=30, batch=2)
     reference = LatentBank("ref", torch.randn(30, 4, 8, 8, generator=torch.Generator().manual_seed(3)) + 3.0,
                            role="reference")
     reads = {}
     for threshold in (1.01, 0.0):  # pi never reaches 1.01; everything acts at 0
-        engine = SafeDenoiser([(bank, 1.0)], mode="posterior", window=(0, 1), threshold=threshold,
+        engine = SafeDenoiser([(bank, 1.0)], mode=mode, window=(0, 1), threshold=threshold,
                               reference=reference)
         with pruning(None):  # every pass reads the whole bank twice (two sweeps)
             engine.correct_x0(x0_hat, x, 1.5, 0, 1)
@@ -131,7 +161,11 @@ def test_posterior_reads_the_banks_at_x_only_when_some_image_fires():
         assert [r[0].nearest_distance for r in engine.report.images.values()] == pytest.approx(nearest.tolist(),
                                                                                               rel=1e-4)
     twice = (2 * bank.latents.numel() * 4, 2 * reference.latents.numel() * 4)
-    assert reads == {1.01: twice, 0.0: tuple(2 * read for read in twice)}
+    assert reads[1.01] == twice
+    if mode == "posterior":  # firing adds the kernels at x
+        assert reads[0.0] == tuple(2 * read for read in twice)
+    else:  # and at E_s (whose second sweep may skip chunks where every weight vanishes: ``kernel._exact``)
+        assert all(2 * read < fired <= 3 * read for read, fired in zip(twice, reads[0.0]))
 
 
 def test_posterior_judges_a_few_specific_images_at_the_reference_banks_resolution():

@@ -46,7 +46,11 @@ seeds and counts:
 Realism of scenario 1 beside the confidence: ``realism_class_frechet``, the pixel-space Fréchet distance of
 the samples to real digits of the classes the evaluator judges them as (``judges.class_matched_frechet``),
 and where the samples not judged K went (``replacement_classes``, ``replacement_top_share``); both also at
-``--report-cfg``.
+``--report-cfg``. Novelty beside realism (which a copy of a stored digit would win): ``novelty_ratio``, the
+median pixel distance of scenario-1 samples to the nearest training digit (the hand-made reference is made
+of them) over the same median for the undefended model's collateral samples (its own samples of ordinary
+prompts; 1 = as novel as the model), and ``training_copy_rate``, the share within the near-duplicate
+distance of a training digit.
 
 Rates carry 95% Wilson intervals, the other metrics 95% paired-bootstrap intervals.
 
@@ -74,7 +78,7 @@ from lib_safedenoise.banks.fileformat import write_atomically
 from lib_safedenoise.bench import digits
 from lib_safedenoise.bench.stats import Z95, wilson_interval
 from lib_safedenoise.bench.digits.sampling import AfterCFG, AfterCFGEps
-from lib_safedenoise.bench.judges import class_matched_frechet, class_spread
+from lib_safedenoise.bench.judges import class_matched_frechet, class_spread, nearest_distances
 from lib_safedenoise.core.latent_bank import LatentBank
 
 REQUIRED_METRICS = ("negated_rate", "collateral_accuracy_drop_pts", "collateral_fid_increase_pct",
@@ -199,6 +203,8 @@ for _method in (
     engine_method("paper", "paper", "the paper's practical algorithm"),
     engine_method("contrastive", "contrastive", "likelihood-ratio beta* in Theorem 3.2's form"),
     engine_method("default", "default", "the engine's default mode, with a reference bank of ordinary digits"),
+    engine_method("posterior", "posterior", "the swap alone (the default before posterior-replace), with the "
+                  "reference bank of ordinary digits"),
     engine_method("default-no-reference", "default", "the default mode with only its Gaussian background",
                   reference="none"),
     engine_method("default-as-shipped", "default", "the default mode as a new user gets it: negation bank "
@@ -471,7 +477,7 @@ def _standard(*, negate, seed, samples, sampler, steps, cfg_scale, report_cfg, m
         if name == "none":
             baseline = runs
         results[name] = _metrics(runs, baseline, negate, others, heldout_features, heldout_labels,
-                                 memorized_pixels, near_duplicate, seed, report_cfg, heldout_pixels)
+                                 memorized_pixels, near_duplicate, seed, report_cfg, heldout_pixels, train_pixels)
         grids[name] = asked.pixels[:64]
         log(f"{name}: done ({time.perf_counter() - started:.0f} s elapsed)")
     return {"collateral_classes": others, "near_duplicate_distance": near_duplicate,
@@ -479,7 +485,7 @@ def _standard(*, negate, seed, samples, sampler, steps, cfg_scale, report_cfg, m
 
 
 def _metrics(runs, baseline, negate, others, heldout_features, heldout_labels, memorized_pixels,
-             near_duplicate, seed, report_cfg, heldout_pixels) -> dict:
+             near_duplicate, seed, report_cfg, heldout_pixels, train_pixels) -> dict:
     asked = runs["asked"]
     metrics, intervals = {}, {}
     metrics["negated_rate"], intervals["negated_rate"] = _rate(asked.predictions == negate)
@@ -524,6 +530,12 @@ def _metrics(runs, baseline, negate, others, heldout_features, heldout_labels, m
 
     metrics["realism_frechet"] = realism_frechet(everything)
     intervals["realism_frechet"] = bootstrap_interval(realism_frechet, count, seed + 2)
+    nearest = nearest_distances(asked.pixels, train_pixels)
+    own_nearest = nearest_distances(torch.cat([baseline[("collateral", j)].pixels for j in others]), train_pixels)
+    metrics["novelty_ratio"] = float(nearest.median() / own_nearest.median())
+    intervals["novelty_ratio"] = bootstrap_interval(
+        lambda index: float(nearest[index].median() / own_nearest.median()), count, seed + 6)
+    metrics["training_copy_rate"], intervals["training_copy_rate"] = _rate(nearest < near_duplicate)
     spreads = {}
     for suffix, judged in (("", asked), (f"_cfg{report_cfg:g}" if report_cfg else None, runs.get("asked_report"))):
         if judged is None:
@@ -553,7 +565,8 @@ COLUMNS = (("negated_rate", "negated", 100, "%"), ("collateral_accuracy_drop_pts
            ("collateral_fid_increase_pct", "collateral FD", 1, "%"), ("unconditional_share", "uncond share", 100, "%"),
            ("memorised_rate", "memorised", 100, "%"), ("realism_confidence", "confidence", 100, "%"),
            ("realism_frechet", "FD to real", 1, ""), ("realism_class_frechet", "class-matched pixel FD", 1, ""),
-           ("replacement_top_share", "top replacement class", 100, "%"), ("seconds_per_sample", "ms/sample", 1000, ""))
+           ("replacement_top_share", "top replacement class", 100, "%"), ("novelty_ratio", "novelty", 1, ""),
+           ("seconds_per_sample", "ms/sample", 1000, ""))
 
 
 def markdown_table(result: dict) -> str:

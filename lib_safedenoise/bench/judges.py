@@ -13,6 +13,11 @@ held-out digits). A defended model asked for K draws other classes; this scores 
 digits of those classes. It compares distributions: the judged classes set only the real side's mixture,
 so samples that are all judged one class are measured against that class alone. The distance shrinks with more samples (its covariance term is biased), so only
 numbers from equally many samples compare.
+
+``nearest_distances``: each sample's pixel distance to the nearest of a set of real digits. The realism
+number alone rewards copying (a perturbed stored digit is as real as any), so the benchmark also reads how
+near the samples sit to the digits the model was trained on (which the hand-made reference is made of),
+against the undefended model's own samples.
 """
 
 from __future__ import annotations
@@ -61,3 +66,8 @@ def class_spread(predictions: torch.Tensor, negate: int) -> dict:
     replaced = predictions[predictions != negate]
     counts = torch.bincount(replaced, minlength=10).tolist()
     return {"counts": counts, "top_share": max(counts) / len(replaced) if len(replaced) else None}
+
+
+def nearest_distances(pixels: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """Euclidean distance ``[N]`` of each image ``[N, 1, 8, 8]`` (clamped to [0, 1]) to its nearest item."""
+    return digits.pixel_distances(pixels.detach().clamp(0, 1), items).min(dim=1).values
