@@ -531,10 +531,11 @@ def _metrics(runs, baseline, negate, others, heldout_features, heldout_labels, m
     metrics["realism_frechet"] = realism_frechet(everything)
     intervals["realism_frechet"] = bootstrap_interval(realism_frechet, count, seed + 2)
     nearest = nearest_distances(asked.pixels, train_pixels)
-    own_nearest = nearest_distances(torch.cat([baseline[("collateral", j)].pixels for j in others]), train_pixels)
-    metrics["novelty_ratio"] = float(nearest.median() / own_nearest.median())
-    intervals["novelty_ratio"] = bootstrap_interval(
-        lambda index: float(nearest[index].median() / own_nearest.median()), count, seed + 6)
+    own_median = nearest_distances(torch.cat([baseline[("collateral", j)].pixels for j in others]),
+                                   train_pixels).median()  # the baseline side is held fixed in the bootstrap
+    metrics["novelty_ratio"] = float(nearest.median() / own_median)
+    intervals["novelty_ratio"] = bootstrap_interval(lambda index: float(nearest[index].median() / own_median),
+                                                    count, seed + 6)
     metrics["training_copy_rate"], intervals["training_copy_rate"] = _rate(nearest < near_duplicate)
     spreads = {}
     for suffix, judged in (("", asked), (f"_cfg{report_cfg:g}" if report_cfg else None, runs.get("asked_report"))):
