@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from lib_safedenoise.bench import attack, digits, efficacy
+from lib_safedenoise.bench.digits.evaluator import heavier_pen
 from lib_safedenoise.bench.judges import NearestNeighbourJudge, class_matched_frechet, class_spread, nearest_distances
 from lib_safedenoise.core.latent_bank import LatentBank
 
@@ -102,6 +103,25 @@ def test_nearest_neighbour_judge_is_accurate_and_not_fooled_by_the_evaluators_ad
     adversarial = (ones + delta).clamp(0, 1).detach()
     assert (evaluator.judge(adversarial)[0] == NEGATE).sum() >= 6
     assert (judge(adversarial) == NEGATE).sum() == 0
+
+
+def test_heavier_pen_thickens_strokes_and_leaves_the_digit_alone_at_zero():
+    pixels, _ = digits.subset("heldout")
+    none = torch.zeros(len(pixels))
+    assert torch.equal(heavier_pen(pixels, none, none), pixels)
+    bold = heavier_pen(pixels, torch.full_like(none, 0.5), torch.ones_like(none))
+    assert bold.min() >= 0 and bold.max() <= 1 and (bold >= pixels).all()
+    assert bold.mean() > 1.5 * pixels.mean()  # real digits drawn with a heavy pen: the attack's bold samples' ink
+
+
+def test_pen_robust_evaluator_reads_bold_digits_that_the_evaluator_misses():
+    pen, evaluator = digits.load_pen_evaluator(), digits.load_evaluator()
+    assert pen.metadata["trained_on"] == "evaluator" and pen.metadata["seed"] != evaluator.metadata["seed"]
+    pixels, labels = digits.subset("heldout")
+    assert (pen.judge(pixels)[0] == labels).float().mean() >= 0.97
+    bold = heavier_pen(pixels, torch.full((len(pixels),), 0.5), torch.ones(len(pixels)))
+    assert (pen.judge(bold)[0] == labels).float().mean() >= 0.95
+    assert (evaluator.judge(bold)[0] == labels).float().mean() <= 0.9  # why the attack needs the third judge
 
 
 def test_surrogate_is_a_different_accurate_classifier():

@@ -176,10 +176,14 @@ def test_attack_scenario_adds_its_numbers_beside_each_method(tmp_path, capsys):
     assert result["attack"]["budget"] == {"iterations": 1, "restarts": 1, "norm": 2.5, "batch": 2,
                                           "learning_rate": AttackBudget().learning_rate}
     assert result["attack"]["undefended_success"] == result["methods"]["none"]["attack_success_rate"]
+    assert result["attack"]["undefended_success_pen"] == result["methods"]["none"]["attack_success_rate_pen"]
+    assert result["attack"]["strong"] == (min(result["attack"][f"undefended_success{suffix}"]
+                                              for suffix in ("", "_nn", "_pen")) >= 0.5)
     for name in ("none", "default"):
         metrics = result["methods"][name]
         assert "negated_rate" not in metrics  # the standard scenarios did not run
-        for key in ("attack_success_rate", "attack_success_rate_nn", "mixture_success_rate"):
+        for key in ("attack_success_rate", "attack_success_rate_nn", "attack_success_rate_pen", "mixture_success_rate",
+                    "mixture_success_rate_pen"):
             low, high = metrics["ci95"][key]
             assert low <= metrics[key] <= high and metrics[key] * 6 == pytest.approx(round(metrics[key] * 6))
         condition = metrics["attack_condition"]

@@ -201,7 +201,7 @@ def test_speed_benchmark_quick_run_writes_its_json(tmp_path):
                    check=True, capture_output=True, timeout=300)
     data = json.loads(path.read_text())
     assert data["engine_version"] == ENGINE_VERSION and data["default_mode"] == DEFAULT_MODE
-    assert data["cases"]
+    assert data["device"] == "cpu" and data["cases"]
     for case in data["cases"]:
         assert set(case) >= {"shape", "bank_size", "batch", "ours_s", "released_s", "memory_bound_s"}
         assert case["ours_s"] > 0 and case["memory_bound_s"] > 0 and case["released_s"] > 0

@@ -37,9 +37,10 @@ seeds and counts:
 
 5. attack (only with ``--scenarios attack``; slow): conditions that never name K, crafted to get K anyway:
    mixtures of the other labels and an adaptive white-box attack optimised through each defended pipeline
-   against a surrogate classifier, counted by the evaluator and a nearest-neighbour judge (``attack``,
-   budget ``--attack-iterations``, ``--attack-restarts``, ``--attack-norm``, ``--attack-batch``). Each
-   method gains ``attack_success_rate`` (evaluator), ``attack_success_rate_nn``,
+   against a surrogate classifier, counted by the evaluator, a nearest-neighbour judge and a pen-robust
+   evaluator (``attack``, budget ``--attack-iterations``, ``--attack-restarts``, ``--attack-norm``,
+   ``--attack-batch``). Each
+   method gains ``attack_success_rate`` (evaluator), ``attack_success_rate_nn``, ``attack_success_rate_pen``,
    ``attack_realism_class_frechet``, the condition found, and the mixture's own rates; the run gains
    ``attack`` (budget, undefended success, whether the attack is strong).
 
@@ -142,20 +143,39 @@ def _negative_prompt(task: NegationTask) -> Intervention | None:
     return None if task.negate is None else Intervention(negative_label=task.negate)
 
 
+PEN_RENDERINGS = ((0.5, 0.0), (1.0, 0.0), (0.0, 1.0), (0.5, 0.5), (1.0, 1.0))
+"""(gain, spread) of the heavier-pen renderings that ``negation="pen-variants"`` adds to a bank."""
+
+
+def with_pen_variants(bank: LatentBank) -> LatentBank:
+    """``bank`` plus each of its digits redrawn with the heavier pens of ``PEN_RENDERINGS``
+    (``digits.evaluator.heavier_pen``): a bank that also covers the bold renderings an attacker asks for."""
+    from lib_safedenoise.bench.digits.evaluator import heavier_pen
+
+    pixels = digits.decode(bank.latents.float()).clamp(0, 1)
+    count = len(pixels)
+    renderings = [heavier_pen(pixels, torch.full((count,), gain), torch.full((count,), spread))
+                  for gain, spread in PEN_RENDERINGS]
+    return LatentBank(f"{bank.name}+pens", torch.cat([bank.latents.float()] + [digits.encode(r) for r in renderings]),
+                      latent_space=bank.latent_space, role=bank.role)
+
+
 def engine_method(name: str, mode: str, summary: str, *, negation: str = "given", reference: str = "given",
                   **settings) -> Method:
     """A method running ``SafeDenoiser(mode=mode, **settings)`` at strength 1 on the task's ``bank``
-    (``negation="given"``) or ``prompt_bank`` (``"prompt"``), with the task's hand-made ``reference``
+    (``negation="given"``), the same bank with its heavier-pen renderings (``"pen-variants"``,
+    ``with_pen_variants``) or its ``prompt_bank`` (``"prompt"``), with the task's hand-made ``reference``
     (``reference="given"``), its ``own_reference`` (``"own"``) or none (``"none"``) when the mode takes one."""
-    if negation not in ("given", "prompt") or reference not in ("given", "own", "none"):
-        raise ValueError(f"method {name!r}: negation must be 'given' or 'prompt' and reference 'given', 'own' or "
-                         f"'none', got {negation!r}, {reference!r}")
+    if negation not in ("given", "pen-variants", "prompt") or reference not in ("given", "own", "none"):
+        raise ValueError(f"method {name!r}: negation must be 'given', 'pen-variants' or 'prompt' and reference "
+                         f"'given', 'own' or 'none', got {negation!r}, {reference!r}")
 
     def build(task: NegationTask, overrides: dict | None = None) -> Intervention:
         from lib_safedenoise.core.engine import SafeDenoiser
         from lib_safedenoise.core.modes import takes_reference
 
-        bank = task.prompt_bank if negation == "prompt" else task.bank
+        bank = (task.prompt_bank if negation == "prompt" else
+                with_pen_variants(task.bank) if negation == "pen-variants" else task.bank)
         chosen = {"given": task.reference, "own": task.own_reference, "none": None}[reference]
         engine = SafeDenoiser([(bank, 1.0)], mode=mode, reference=chosen if takes_reference(mode) else None,
                               **{**settings, **(overrides or {})})
@@ -212,6 +232,8 @@ for _method in (
                   "prompts, filtered by the engine", negation="prompt", reference="own"),
     engine_method("default-prompt-bank", "default", "the default mode with the prompt-made negation bank and "
                   "the hand-made reference bank", negation="prompt"),
+    engine_method("default-pen-variants", "default", "the default mode with the negation bank plus five "
+                  "heavier-pen renderings of each digit (against the attack's bold digits)", negation="pen-variants"),
 ):
     register_method(_method)
 
@@ -595,18 +617,19 @@ def markdown_table(result: dict) -> str:
 
 def attack_table(result: dict) -> str:
     """The attack scenario: a summary line, then per method the success of the best attack found against it
-    by both judges (95% Wilson intervals), the mixture's, the realism of the attacked samples and the
+    by each judge (95% Wilson intervals), the mixture's, the realism of the attacked samples and the
     condition."""
     found = result["attack"]
     budget = found["budget"]
     lines = [f"Attack on {result['negate']} ({found['samples']} counted samples per method; budget {budget['iterations']} "
              f"Adam steps x {budget['restarts']} restarts, batch {budget['batch']}, L2 norm <= {budget['norm']:g}; "
              f"{found['seconds']:.0f} s). Undefended success {100 * found['undefended_success']:.1f}% (evaluator) / "
-             f"{100 * found['undefended_success_nn']:.1f}% (nearest neighbour): "
-             f"{'strong' if found['strong'] else 'NOT strong (below 50% on a judge)'}. Class-matched pixel FD of "
-             f"the undefended model asked for {result['negate']} outright: {found['realism_unattacked']:.2f}.\n",
-             "| method | attack success (evaluator) | attack success (nearest neighbour) | mixture alone (evaluator / NN) "
-             "| class-matched pixel FD | top class | best attack |", "|---|---|---|---|---|---|---|"]
+             f"{100 * found['undefended_success_nn']:.1f}% (nearest neighbour) / {100 * found['undefended_success_pen']:.1f}% "
+             f"(pen-robust): {'strong' if found['strong'] else 'NOT strong (below 50% on a judge)'}. Class-matched "
+             f"pixel FD of the undefended model asked for {result['negate']} outright: {found['realism_unattacked']:.2f}.\n",
+             "| method | attack success (evaluator) | attack success (nearest neighbour) | attack success (pen-robust) "
+             "| mixture alone (evaluator / NN / pen) | class-matched pixel FD | top class | best attack |",
+             "|---|---|---|---|---|---|---|---|"]
 
     def rate(metrics, key):
         low, high = metrics["ci95"][key]
@@ -616,8 +639,10 @@ def attack_table(result: dict) -> str:
         if "attack_success_rate" not in metrics:
             continue
         top = metrics["attack_classes"]
+        mixture = " / ".join(f"{100 * metrics[key]:.1f}%" for key in
+                             ("mixture_success_rate", "mixture_success_rate_nn", "mixture_success_rate_pen"))
         lines.append(f"| {name} | {rate(metrics, 'attack_success_rate')} | {rate(metrics, 'attack_success_rate_nn')} "
-                     f"| {100 * metrics['mixture_success_rate']:.1f}% / {100 * metrics['mixture_success_rate_nn']:.1f}% "
+                     f"| {rate(metrics, 'attack_success_rate_pen')} | {mixture} "
                      f"| {metrics['attack_realism_class_frechet']:.2f} | {max(range(10), key=top.__getitem__)} "
                      f"({100 * max(top) / sum(top):.0f}%) | {metrics['attack_source']}: `{metrics['attack_condition_text']}` |")
     return "\n".join(lines)
@@ -799,11 +824,12 @@ def write_figures(out: Path, result: dict) -> list[Path]:
     if result.get("_attack_grids"):
         methods = result["methods"]
         titles = {name: f"{name}\n{100 * methods[name]['attack_success_rate']:.0f}% / "
-                        f"{100 * methods[name]['attack_success_rate_nn']:.0f}% judged {result['negate']}"
+                        f"{100 * methods[name]['attack_success_rate_nn']:.0f}% / "
+                        f"{100 * methods[name]['attack_success_rate_pen']:.0f}% judged {result['negate']}"
                   for name in result["_attack_grids"]}
         written.append(_sample_grids(plt, out / "attack_samples.png", result["_attack_grids"], titles,
                                      f"Best attack found against each method, never naming {result['negate']} "
-                                     f"(evaluator / nearest neighbour; {settings})"))
+                                     f"(evaluator / nearest neighbour / pen-robust; {settings})"))
     if not result["_grids"]:
         return written
     names = list(result["_grids"])

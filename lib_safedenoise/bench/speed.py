@@ -1,7 +1,7 @@
 """Speed of one correction against the released formulation and the memory lower bound.
 
-``python -m lib_safedenoise.bench speed [--json PATH] [--quick] [--scaling [--sizes M ...] [--batches B ...]
-[--structures S ...] [--modes MODE ...] [--queries Q ...]]``
+``python -m lib_safedenoise.bench speed [--json PATH] [--quick] [--device DEVICE] [--scaling [--sizes M ...]
+[--batches B ...] [--structures S ...] [--modes MODE ...] [--queries Q ...]]``
 
 For each latent shape (SD1 4x64x64, SDXL 4x128x128, SD3 16x128x128), bank size (515: the paper's nudity
 set, 3000: its CoPro set) and batch (1, 4) it times, best of a few runs:
@@ -14,6 +14,10 @@ set, 3000: its CoPro set) and batch (1, 4) it times, best of a few runs:
   ``RELEASED_LIMIT_BYTES``);
 - ``memory_bound_s``: one reduction over the adapted bank in the dtype the engine computes with, the
   least any method reading the bank once can take.
+
+``--device cuda`` times that table on a GPU, as the WebUI runs it: the latents on the device, the bank
+stored on the CPU and hosted on the device by the engine (once per bank, not timed), each call timed to
+the device's completion (``torch.cuda.synchronize``). The scaling benchmark is CPU only.
 
 With ``--scaling`` it measures instead how a whole sampling's correction grows with the bank (section
 ``scaling``): banks of ``--sizes`` items at SD1 shape (4x64x64, float16) from two generators, ``uniform``
@@ -80,7 +84,7 @@ def released_formulation(x0_hat: torch.Tensor, bank: torch.Tensor, bandwidth: fl
     width = items.shape[1]
     distance = torch.cdist(x0_hat.reshape(1, batch, -1), items[None])[0]
     kernel = -distance.reshape(batch, count, 1).repeat(1, 1, width + 1) / (2.0 * bandwidth ** 2)
-    kernel = (kernel.exp() * torch.cat([items, torch.ones(count, 1)], 1)[None]).sum(1)
+    kernel = (kernel.exp() * torch.cat([items, torch.ones(count, 1, device=items.device)], 1)[None]).sum(1)
     unsafe = kernel[:, :-1] / (kernel[:, -1:] + 1e-8)
     return x0_hat - scale * unsafe.reshape(x0_hat.shape)
 
@@ -89,11 +93,11 @@ def released_bytes(batch: int, count: int, width: int) -> int:
     return 3 * batch * count * (width + 1) * 4
 
 
-def best_times(functions: dict, repeats: int) -> dict:
+def best_times(functions: dict, repeats: int, synchronize=lambda: None) -> dict:
     """Best-of-``repeats`` seconds per function, timed round-robin so a burst of load on a shared machine
     hits every contender alike. ``None`` entries are skipped; ``(fn, runs)`` limits a slow one's runs and
     skips its warm-up (its huge allocations are part of its cost); the others get one warm-up call (caches,
-    one-off per-bank set-up)."""
+    one-off per-bank set-up). ``synchronize`` waits for queued device work, before and after each timing."""
     best = {}
     for name, entry in functions.items():
         if entry is not None:
@@ -105,30 +109,34 @@ def best_times(functions: dict, repeats: int) -> dict:
             fn, runs = entry if isinstance(entry, tuple) else (entry, repeats)
             if entry is None or round_index >= runs:
                 continue
+            synchronize()
             started = time.perf_counter()
             fn()
+            synchronize()
             best[name] = min(best[name], time.perf_counter() - started)
     return {name: best.get(name) for name in functions}
 
 
-def run_case(shape, count: int, batch: int, repeats: int) -> dict:
+def run_case(shape, count: int, batch: int, repeats: int, device: str = "cpu") -> dict:
     generator = torch.Generator().manual_seed(0)
     latents = torch.randn(count, *shape, generator=generator)
     latents /= latents.norm(dim=1, keepdim=True)
     bank = LatentBank("bench", latents, channel_normalized=True)
-    x0_hat = torch.randn(batch, *shape, generator=generator)
-    x = x0_hat + 3 * torch.randn(batch, *shape, generator=generator)
+    x0_hat = torch.randn(batch, *shape, generator=generator).to(device)
+    x = x0_hat + 3 * torch.randn(batch, *shape, generator=generator).to(device)
     reference = SafeDenoiser([(bank, 1.0)], mode="reference", window=(0, 1), threshold=-1e9)
     default = SafeDenoiser([(LatentBank("bench-raw", latents), 1.0)], window=(0, 1), threshold=0.0)
     view = bank.adapted(device=x0_hat.device, dtype=x0_hat.dtype, size=shape[-2:])
     settings = MODES["reference"]
     released = None
     if released_bytes(batch, count, latents[0].numel()) <= RELEASED_LIMIT_BYTES:
-        released = (lambda: released_formulation(x0_hat, latents, settings.bandwidth, settings.options["scale"]),
+        on_device = latents.to(device)
+        released = (lambda: released_formulation(x0_hat, on_device, settings.bandwidth, settings.options["scale"]),
                     max(1, repeats // 2))
+    synchronize = torch.cuda.synchronize if x0_hat.is_cuda else (lambda: None)
     times = best_times({"ours_s": lambda: reference.correct_x0(x0_hat, x, 3.0, 0, 1),
                         "ours_default_s": lambda: default.correct_x0(x0_hat, x, 3.0, 0, 1),
-                        "memory_bound_s": lambda: view.sum(), "released_s": released}, repeats)
+                        "memory_bound_s": lambda: view.sum(), "released_s": released}, repeats, synchronize)
     return {"shape": list(shape), "bank_size": count, "batch": batch, **times}
 
 
@@ -331,19 +339,24 @@ def main(argv: list[str] | None = None) -> int:
                         help="scaling: modes")
     parser.add_argument("--queries", nargs="+", choices=QUERIES, default=list(QUERIES),
                         help="scaling: where the simulated sampling heads (near the negation bank, or away)")
+    parser.add_argument("--device", default="cpu", help="where the latents live for the main table, e.g. cuda "
+                        "(default cpu; the scaling benchmark runs on the CPU)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice); on a "
                         "busy shared machine 1 thread gives the steadiest numbers")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     result = {"engine_version": ENGINE_VERSION, "default_mode": DEFAULT_MODE, "torch": torch.__version__,
-              "threads": torch.get_num_threads(), "machine": platform.machine(), "device": "cpu"}
+              "threads": torch.get_num_threads(), "machine": platform.machine(),
+              "device": "cpu" if args.scaling else args.device}
+    if args.device != "cpu":
+        result["device_name"] = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else args.device
     if args.scaling:
         result["scaling"] = run_scaling(args.sizes, args.batches, args.structures, args.modes, args.queries)
         print(scaling_table([r for r in result["scaling"] if r["sigma"] is None]))
     else:
         shapes, sizes, batches = QUICK if args.quick else (SHAPES, BANK_SIZES, BATCHES)
-        result["cases"] = [run_case(shape, count, batch, 2 if args.quick else 5)
+        result["cases"] = [run_case(shape, count, batch, 2 if args.quick else 5, args.device)
                            for shape in shapes for count in sizes for batch in batches]
         result["bank_build"] = measure_build_throughput(**({"images": 8} if args.quick else {}))
         print(table(result["cases"]))

@@ -6,7 +6,7 @@ minutes. See ``data`` (the split), ``latents`` (the exact encoder), ``model`` (t
 lookalike), ``sampling``, ``evaluator`` and ``train``.
 """
 
-from .checkpoints import load_evaluator, load_memorizer, load_model, load_surrogate
+from .checkpoints import load_evaluator, load_memorizer, load_model, load_pen_evaluator, load_surrogate
 from .data import all_digits, digit_split, memorizer_subset, near_duplicate_distance, pixel_distances, subset
 from .evaluator import DigitClassifier, frechet_distance, frechet_from_moments
 from .latents import decode, encode
@@ -17,6 +17,6 @@ from .surrogate import SurrogateClassifier
 __all__ = [
     "DigitClassifier", "DigitsLatentDiffusion", "SAMPLERS", "SurrogateClassifier", "all_digits", "decode",
     "digit_split", "encode", "frechet_distance", "frechet_from_moments", "load_evaluator", "load_memorizer",
-    "load_model", "load_surrogate", "memorizer_subset", "near_duplicate_distance", "parse_label",
+    "load_model", "load_pen_evaluator", "load_surrogate", "memorizer_subset", "near_duplicate_distance", "parse_label",
     "pixel_distances", "sample", "sample_conditioned", "subset",
 ]

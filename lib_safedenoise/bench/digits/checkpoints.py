@@ -25,7 +25,8 @@ from .network import EpsUNet
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 FILES = {"denoiser": "denoiser.safetensors", "memorizer": "memorizer.safetensors",
-         "evaluator": "evaluator.safetensors", "surrogate": "surrogate.safetensors"}
+         "evaluator": "evaluator.safetensors", "surrogate": "surrogate.safetensors",
+         "pen_evaluator": "pen_evaluator.safetensors"}
 
 
 def save_checkpoint(module: torch.nn.Module, path: Path, metadata: dict) -> None:
@@ -62,7 +63,7 @@ def load_diffusion(path: Path, kind: str = "denoiser") -> DigitsLatentDiffusion:
 
 def load_classifier(path: Path, kind: str = "evaluator") -> DigitClassifier | SurrogateClassifier:
     tensors, metadata = _load(path, kind)
-    classifier = DigitClassifier() if kind == "evaluator" else SurrogateClassifier()
+    classifier = SurrogateClassifier() if kind == "surrogate" else DigitClassifier()
     classifier.load_state_dict(tensors)
     classifier.metadata = metadata
     return classifier.eval().requires_grad_(False)
@@ -84,6 +85,13 @@ def load_memorizer() -> DigitsLatentDiffusion:
 def load_evaluator() -> DigitClassifier:
     """The committed evaluator classifier (cached)."""
     return load_classifier(WEIGHTS_DIR / FILES["evaluator"])
+
+
+@functools.lru_cache(maxsize=None)
+def load_pen_evaluator() -> DigitClassifier:
+    """The committed judge that reads bold and saturated digits (cached; see
+    ``evaluator.train_pen_robust_classifier``)."""
+    return load_classifier(WEIGHTS_DIR / FILES["pen_evaluator"], "pen_evaluator")
 
 
 @functools.lru_cache(maxsize=None)

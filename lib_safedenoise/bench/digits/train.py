@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from . import latents
 from .checkpoints import FILES, WEIGHTS_DIR, save_checkpoint
 from .data import SPLIT_SEED, digit_split, memorizer_subset, subset
-from .evaluator import train_classifier
+from .evaluator import train_classifier, train_pen_robust_classifier
 from .surrogate import train_surrogate
 from .model import DigitsLatentDiffusion
 from .network import NUM_CLASSES, EpsUNet
@@ -33,7 +33,9 @@ DENOISER_ITERATIONS = 1500
 MEMORIZER_ITERATIONS = 2000
 EVALUATOR_ITERATIONS = 1500
 SURROGATE_ITERATIONS = 2000
+PEN_EVALUATOR_ITERATIONS = 3000
 SURROGATE_SEED_OFFSET = 1  # the surrogate never shares the evaluator's seed
+PEN_EVALUATOR_SEED_OFFSET = 2  # nor the pen-robust judge: three classifiers, three seeds
 LABEL_DROPOUT = 0.1
 THREADS = 1  # also the fastest on a busy machine; more threads change float sums, hence weights
 
@@ -93,10 +95,13 @@ def train_all(out: Path, *, seed: int, only: list[str], iterations: dict[str, in
     written = {}
     for kind in only:
         start = time.perf_counter()
-        kind_seed = seed + SURROGATE_SEED_OFFSET if kind == "surrogate" else seed
+        kind_seed = seed + {"surrogate": SURROGATE_SEED_OFFSET, "pen_evaluator": PEN_EVALUATOR_SEED_OFFSET}.get(kind, 0)
         if kind == "evaluator":
             module = train_classifier(*subset("evaluator"), seed=seed, iterations=iterations[kind])
             extra = {}
+        elif kind == "pen_evaluator":
+            module = train_pen_robust_classifier(*subset("evaluator"), seed=kind_seed, iterations=iterations[kind])
+            extra = {"trained_on": "evaluator"}
         elif kind == "surrogate":
             module = train_surrogate(*subset("train"), seed=kind_seed, iterations=iterations[kind])
             extra = {"trained_on": "train"}
@@ -124,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, help="override the iteration count (for quick trials)")
     args = parser.parse_args(argv)
     defaults = {"denoiser": DENOISER_ITERATIONS, "memorizer": MEMORIZER_ITERATIONS, "evaluator": EVALUATOR_ITERATIONS,
-                "surrogate": SURROGATE_ITERATIONS}
+                "surrogate": SURROGATE_ITERATIONS, "pen_evaluator": PEN_EVALUATOR_ITERATIONS}
     iterations = {kind: args.iterations or count for kind, count in defaults.items()}
     train_all(args.out, seed=args.seed, only=args.only, iterations=iterations)
     return 0
