@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from lib_safedenoise.core.engine import SafeDenoiser
-from lib_safedenoise.core.kernel import pruning
+from lib_safedenoise.core.kernel import CHUNK_BYTES, DEVICE_CHUNK_BYTES, chunk_bytes, kernel_pass, pruning
 from lib_safedenoise.core.latent_bank import LatentBank
 from lib_safedenoise.core.modes import DEFAULT_MODE, MODES, sd1_alpha_bar, takes_reference
 
@@ -118,3 +118,14 @@ def test_speed_benchmark_times_the_gpu(tmp_path):
     data = json.loads(path.read_text())
     assert data["device"] == "cuda" and data["device_name"] == torch.cuda.get_device_name()
     assert all(case["ours_s"] > 0 and case["memory_bound_s"] > 0 for case in data["cases"])
+
+
+def test_a_gpu_sweep_takes_large_chunks_and_gives_the_small_chunk_result():
+    assert chunk_bytes(torch.device("cuda")) == DEVICE_CHUNK_BYTES > chunk_bytes(torch.device("cpu")) == CHUNK_BYTES
+    generator = torch.Generator().manual_seed(9)
+    bank = torch.randn(3000, 4, 32, 32, generator=generator).cuda()  # 49 MB: 3 CPU chunks, 1 GPU chunk
+    x = bank[:2] + 0.3 * torch.randn(2, 4, 32, 32, generator=generator).cuda()
+    large = kernel_pass(x, 8.0, bank)
+    small = kernel_pass(x, 8.0, bank, chunk_rows=64)
+    torch.testing.assert_close(large.log_weight_sum, small.log_weight_sum, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(large.mean, small.mean, rtol=1e-4, atol=1e-4)

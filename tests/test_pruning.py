@@ -8,9 +8,9 @@ import torch.nn.functional as F
 
 from lib_safedenoise.core import pruning as prune
 from lib_safedenoise.core.engine import SafeDenoiser
-from lib_safedenoise.core.kernel import kernel_pass, pruning, pruning_index
+from lib_safedenoise.core.kernel import kernel_pass, pruning, pruning_index, reading
 from lib_safedenoise.core.latent_bank import HostedBank, LatentBank
-from lib_safedenoise.core.modes import channel_normalized
+from lib_safedenoise.core.modes import Step, _log_unsafe_at_replacement, channel_normalized, smoothed_kernel
 
 SHAPE = (4, 16, 16)
 SMALL_BANK_LIMIT = 512
@@ -161,6 +161,20 @@ def test_the_index_adds_at_most_a_fifth_of_the_float16_bank():
     assert (index.pooled_lower_bound(x.flatten(1), query_sq, SHAPE).double() <= exact).all()
 
 
+def test_where_pruning_failed_is_remembered_per_kind_of_query():
+    """An average of many items (the replacement ``E_s`` of ``posterior-replace``) is about equally far from
+    every cluster, so its pass cannot prune; that failure skips the bounds for later queries of its kind at
+    that bandwidth or wider, but not for the noisy latent, which sits near a banked item."""
+    generator = torch.Generator().manual_seed(13)
+    bank = LatentBank("kinds", clustered(2048, generator)).adapted(device="cpu", size=SHAPE[-2:])
+    average = bank[:1024].mean(0, keepdim=True)
+    near_item = bank[:1] + 0.01
+    assert kernel_pass(average, 0.05, bank, query="replacement").bound == "full"
+    assert pruning_index(bank, torch.device("cpu")).failed == {(True, "replacement"): pytest.approx(0.05)}
+    assert kernel_pass(near_item, 0.05, bank, query="noisy").bound != "full"
+    assert kernel_pass(near_item, 0.05, bank, query="replacement").bound == "full"  # remembered: not tried
+
+
 def test_the_index_is_built_once_per_bank_and_outlives_each_generation():
     """``release`` (end of a generation) drops the adapted views, not their index: the next generation's
     view reuses it (with a fresh ``failed`` record); editing the bank builds a new one."""
@@ -168,7 +182,7 @@ def test_the_index_is_built_once_per_bank_and_outlives_each_generation():
     bank = LatentBank("kept", clustered(1024, generator))
     size, cpu = (8, 8), torch.device("cpu")  # a resized view: a new tensor per generation
     first = pruning_index(bank.adapted(device="cpu", size=size), cpu)
-    first.failed[True] = 0.5
+    first.failed[(True, "noisy")] = 0.5
     bank.release()
     again = pruning_index(bank.adapted(device="cpu", size=size), cpu)
     assert again.centroids.data_ptr() == first.centroids.data_ptr() and again.failed == {}
@@ -212,6 +226,30 @@ def test_an_index_that_rules_the_bank_out_skips_reading_it_and_changes_no_output
             assert read == [index_bytes] * len(steps)
             assert all(bound.beta >= exact.beta for bound, exact in zip(records[prune.DEFAULT_TOLERANCE],
                                                                         records[None]))
+
+
+def test_the_replacement_is_judged_from_the_index_where_that_proves_it_safe():
+    """``posterior-replace`` judges its replacement ``E_s`` against the negation bank; as the noise falls
+    ``E_s`` nears a reference item, which the centroids alone prove safe (one read of them, no pass over the
+    bank); the bound stands in only where it certifies ``pi(E_s)`` within the tolerance."""
+    generator = torch.Generator().manual_seed(14)
+    negation = clustered(1024, generator).flatten(1)
+    reference = clustered(1024, generator).flatten(1)
+    spread, tau, options = 0.09, torch.tensor([0.2]), {"prior_odds": 1.0, "temperature": 1.0}
+    near_reference = reference[:1] + 0.05 * torch.randn(1, reference.shape[1], generator=generator)
+    for target, proved in ((near_reference, True), (negation[:1], False)):
+        step = Step(target, target, tau, (1, *SHAPE), query="replacement")
+        log_safe = smoothed_kernel(step, reference.reshape(-1, *SHAPE), spread)[0]
+        with reading() as records:
+            got = _log_unsafe_at_replacement(step, negation.reshape(-1, *SHAPE), spread, log_safe, options)
+        with pruning(None):
+            exact = smoothed_kernel(step, negation.reshape(-1, *SHAPE), spread)[0]
+        if proved:
+            assert [r.bound for r in records] == ["ceiling"] and got >= exact - 1e-3
+            assert torch.sigmoid(got - log_safe) <= prune.DEFAULT_TOLERANCE
+        else:
+            assert [r.bound for r in records][0] == "ceiling" and len(records) == 2
+            torch.testing.assert_close(got, exact, rtol=1e-4, atol=1e-3)
 
 
 def test_the_pooled_bound_is_tight_for_blockwise_constant_latents():

@@ -39,8 +39,13 @@ from .chunks import Widener, float_chunks
 from .latent_bank import HostedBank, LatentBank, lasting_store
 
 CHUNK_BYTES = 16 << 20
-"""Float32 bytes of bank rows per chunk (a float16 bank's chunk is widened to this): large enough that the
-per-chunk calls cost nothing, small enough that the widened copy stays in cache."""
+"""Float32 bytes of bank rows per chunk on the CPU (a float16 bank's chunk is widened to this): large enough
+that the per-chunk calls cost nothing, small enough that the widened copy stays in cache."""
+
+DEVICE_CHUNK_BYTES = 256 << 20
+"""The same on a GPU, where each chunk costs kernel launches and host work rather than cache misses: a few
+large products per sweep (``bench speed --device cuda``; the chunk sizes compared in README "On a GPU"),
+with a widened copy small beside a generation's own memory."""
 
 MIN_CHUNK_ROWS = 8
 """Lower bound on rows per chunk, so the largest latents (1 MB per item) still make one product per 8 items."""
@@ -199,6 +204,11 @@ class _Rows:
         return self.items.index_select(0, index.to(self.items.device)).to(self.device, non_blocking=True)
 
 
+def chunk_bytes(device: torch.device) -> int:
+    """Float32 bytes per chunk of a sweep on ``device`` (``CHUNK_BYTES`` or ``DEVICE_CHUNK_BYTES``)."""
+    return CHUNK_BYTES if device.type == "cpu" else DEVICE_CHUNK_BYTES
+
+
 def _exact(queries, rows: _Rows, count: int, norms, scale, squared: bool, chunk: int, sparse: bool):
     """The two sweeps over ``count`` rows of ``rows``: ``(mean, log_weight_sum, min_sq)``; ``scale [B]`` is
     ``-1 / (2 h^2)``."""
@@ -225,7 +235,7 @@ def pruning_index(bank, device, chunk_rows: int | None = None) -> prune.PruningI
     """The bank's ``pruning.PruningIndex`` on ``device``: built once per bank (a CPU copy outlives the
     generation in the bank's ``lasting_store``), moved to ``device`` once per adapted view."""
     rows = _Rows(bank, device)
-    chunk = chunk_rows or max(MIN_CHUNK_ROWS, CHUNK_BYTES // (4 * rows.items.shape[1]))
+    chunk = chunk_rows or max(MIN_CHUNK_ROWS, chunk_bytes(torch.device(device)) // (4 * rows.items.shape[1]))
 
     def build() -> prune.PruningIndex:
         store = lasting_store(rows.storage)
@@ -302,6 +312,11 @@ def _pruned(queries, rows: _Rows, index: prune.PruningIndex, scale, squared: boo
                       read + rows.bytes_read + 2 * kept.numel() * rows.row_bytes), 0
 
 
+def pruning_tolerance() -> float | None:
+    """The bound on ``rho`` that kernel passes prune with here (``pruning``); ``None``: pruning is off."""
+    return _tolerance.get()
+
+
 def _prunes(count: int) -> bool:
     """Whether a bank of ``count`` items is pruned here (``pruning``'s tolerance and size)."""
     return _tolerance.get() is not None and count >= _min_items.get()
@@ -314,7 +329,7 @@ def _record(record: KernelRecord) -> None:
         ledger.append(record)
 
 
-def kernel_pass(x: torch.Tensor, bandwidth, bank, *, squared: bool = True,
+def kernel_pass(x: torch.Tensor, bandwidth, bank, *, squared: bool = True, query: str = "noisy",
                 chunk_rows: int | None = None) -> KernelPass:
     """The Gaussian kernel ``w_n = exp(-dist_n / (2 h^2))`` of every query against ``bank``: pruned with a
     certified error when the bank is large and the bounds allow, else two chunked sweeps (see the module
@@ -323,23 +338,24 @@ def kernel_pass(x: torch.Tensor, bandwidth, bank, *, squared: bool = True,
     ``x [B, C, H, W]`` are the queries (any float dtype), ``bandwidth`` ``h`` is a float or ``[B]``,
     ``bank [M, C, H, W]`` any float dtype, on ``x``'s device or a ``HostedBank`` (rows fetched on demand).
     ``dist_n`` is the squared Euclidean distance, or with ``squared=False`` the plain distance (the released
-    code's kernel).
+    code's kernel). ``query`` names what the queries are (the noisy latent, or a clean estimate such as a
+    prediction): where pruning did not pay is remembered per kind of query (``PruningIndex.failed``).
     """
     check_compatible(x, bank)
     batch, count = x.shape[0], bank.shape[0]
     queries = x.reshape(batch, -1).float()
     rows = _Rows(bank, x.device)
-    chunk = chunk_rows or max(MIN_CHUNK_ROWS, CHUNK_BYTES // (4 * queries.shape[1]))
+    chunk = chunk_rows or max(MIN_CHUNK_ROWS, chunk_bytes(x.device) // (4 * queries.shape[1]))
     scale = -0.5 / per_image(bandwidth, batch, x.device).square()
     result, wasted = None, 0
     if _prunes(count):
         index = pruning_index(bank, x.device, chunk_rows)
         narrowest = float(per_image(bandwidth, batch, x.device).amin())
-        if narrowest < index.failed.get(squared, math.inf):
+        if narrowest < index.failed.get((squared, query), math.inf):
             result, wasted = _pruned(queries, rows, index, scale, squared, chunk, _tolerance.get(),
                                      tuple(x.shape[1:]))
             if result is None:
-                index.failed[squared] = narrowest
+                index.failed[(squared, query)] = narrowest
     if result is None:
         rows.bytes_read = 0
         norms = item_sq_norms(rows.storage).to(x.device)

@@ -110,9 +110,12 @@ class PruningIndex:
     ``None``) with ``pooled_sq`` their squared norms; ``centroids [K, D]`` in the bank's dtype (the bound uses
     exactly these stored values), ``centroid_sq [K]``; ``assignment [M]`` each item's cluster;
     ``residual [M]`` the float32 distance ``|x_n - c_j|`` to its centroid. ``failed`` maps a kernel kind
-    (squared or not) to the smallest bandwidth at which pruning did not pay: wider kernels prune less, so
-    passes at that bandwidth or wider go straight to the full pass (a choice of speed only, never of
-    correctness; ``to`` starts it afresh for each generation, whose noise levels fall).
+    (squared or not) and a kind of query (``kernel_pass``'s ``query``) to the smallest bandwidth at which
+    pruning did not pay: wider kernels prune less, so passes of that kind at that bandwidth or wider go
+    straight to the full pass (a choice of speed only, never of correctness; ``to`` starts it afresh for each
+    generation, whose noise levels fall). Kinds of query are kept apart because where they lie differs: an
+    average of reference items is about equally far from every cluster at any bandwidth, while the noisy
+    latent of a sampling that heads for a banked item is certified once the noise falls.
     """
 
     sq_norms: torch.Tensor
