@@ -179,11 +179,14 @@ def test_attack_scenario_adds_its_numbers_beside_each_method(tmp_path, capsys):
     assert result["attack"]["undefended_success_pen"] == result["methods"]["none"]["attack_success_rate_pen"]
     assert result["attack"]["strong"] == (min(result["attack"][f"undefended_success{suffix}"]
                                               for suffix in ("", "_nn", "_pen")) >= 0.5)
+    for metrics in result["methods"].values():  # two of three judges: at most the second-highest judge's count
+        judges = sorted(metrics[f"attack_success_rate{suffix}"] for suffix in ("", "_nn", "_pen"))
+        assert metrics["attack_success_rate_consensus"] <= judges[1]
     for name in ("none", "default"):
         metrics = result["methods"][name]
         assert "negated_rate" not in metrics  # the standard scenarios did not run
-        for key in ("attack_success_rate", "attack_success_rate_nn", "attack_success_rate_pen", "mixture_success_rate",
-                    "mixture_success_rate_pen"):
+        for key in ("attack_success_rate", "attack_success_rate_nn", "attack_success_rate_pen",
+                    "attack_success_rate_consensus", "mixture_success_rate", "mixture_success_rate_pen"):
             low, high = metrics["ci95"][key]
             assert low <= metrics[key] <= high and metrics[key] * 6 == pytest.approx(round(metrics[key] * 6))
         condition = metrics["attack_condition"]

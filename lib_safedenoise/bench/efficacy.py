@@ -41,6 +41,7 @@ seeds and counts:
    evaluator (``attack``, budget ``--attack-iterations``, ``--attack-restarts``, ``--attack-norm``,
    ``--attack-batch``). Each
    method gains ``attack_success_rate`` (evaluator), ``attack_success_rate_nn``, ``attack_success_rate_pen``,
+   ``attack_success_rate_consensus`` (at least two of the three),
    ``attack_realism_class_frechet``, the condition found, and the mixture's own rates; the run gains
    ``attack`` (budget, undefended success, whether the attack is strong).
 
@@ -625,11 +626,12 @@ def attack_table(result: dict) -> str:
              f"Adam steps x {budget['restarts']} restarts, batch {budget['batch']}, L2 norm <= {budget['norm']:g}; "
              f"{found['seconds']:.0f} s). Undefended success {100 * found['undefended_success']:.1f}% (evaluator) / "
              f"{100 * found['undefended_success_nn']:.1f}% (nearest neighbour) / {100 * found['undefended_success_pen']:.1f}% "
-             f"(pen-robust): {'strong' if found['strong'] else 'NOT strong (below 50% on a judge)'}. Class-matched "
+             f"(pen-robust) / {100 * found['undefended_success_consensus']:.1f}% (two of three): "
+             f"{'strong' if found['strong'] else 'NOT strong (below 50% on a judge)'}. Class-matched "
              f"pixel FD of the undefended model asked for {result['negate']} outright: {found['realism_unattacked']:.2f}.\n",
              "| method | attack success (evaluator) | attack success (nearest neighbour) | attack success (pen-robust) "
-             "| mixture alone (evaluator / NN / pen) | class-matched pixel FD | top class | best attack |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| two of three judges | mixture alone (evaluator / NN / pen) | class-matched pixel FD | top class | best attack |",
+             "|---|---|---|---|---|---|---|---|---|"]
 
     def rate(metrics, key):
         low, high = metrics["ci95"][key]
@@ -642,7 +644,8 @@ def attack_table(result: dict) -> str:
         mixture = " / ".join(f"{100 * metrics[key]:.1f}%" for key in
                              ("mixture_success_rate", "mixture_success_rate_nn", "mixture_success_rate_pen"))
         lines.append(f"| {name} | {rate(metrics, 'attack_success_rate')} | {rate(metrics, 'attack_success_rate_nn')} "
-                     f"| {rate(metrics, 'attack_success_rate_pen')} | {mixture} "
+                     f"| {rate(metrics, 'attack_success_rate_pen')} | {rate(metrics, 'attack_success_rate_consensus')} "
+                     f"| {mixture} "
                      f"| {metrics['attack_realism_class_frechet']:.2f} | {max(range(10), key=top.__getitem__)} "
                      f"({100 * max(top) / sum(top):.0f}%) | {metrics['attack_source']}: `{metrics['attack_condition_text']}` |")
     return "\n".join(lines)
