@@ -181,3 +181,15 @@ def test_tiny_attack_raises_the_surrogates_log_probability(model):
     before = attack._score(target, surrogate, start, 24, 99, NEGATE)[1]
     after = attack._score(target, surrogate, found, 24, 99, NEGATE)[1]
     assert after > before + 0.2
+
+
+def test_the_runs_seed_moves_every_attack_draw_and_seed_0_keeps_the_ranges(model):
+    assert [attack.seed_of(kind, 0) for kind in attack.SEED_BASE] == list(attack.SEED_BASE.values())
+    assert len({attack.seed_of(kind, seed) for kind in attack.SEED_BASE for seed in (0, 1, 2)}) == 12
+    assert not torch.equal(attack.random_start(NEGATE, 4.0, 1, seed=0), attack.random_start(NEGATE, 4.0, 1, seed=1))
+    task = efficacy.NegationTask(_class_task(model, "euler").bank, NEGATE, model, "euler")
+    target = attack.Target("none", efficacy.METHODS["none"], task, "euler", 4, 2.0)
+    budget = attack.AttackBudget(iterations=2, restarts=1, norm=3.0, batch=4)
+    surrogate, start = digits.load_surrogate(), torch.eye(11)[10]
+    found = [attack.optimise(target, surrogate, NEGATE, budget, start, restart=0, seed=seed)[0] for seed in (0, 0, 1)]
+    assert torch.equal(found[0], found[1]) and not torch.equal(found[0], found[2])

@@ -34,12 +34,14 @@ surrogate log-probability (the objective) on selection seeds against that method
 The attack counts as strong when the undefended model's success is at least ``STRONG`` by each of the
 three judges.
 
-Seeds: optimisation step ``i`` of restart ``r`` samples with seed ``base + 1009 r + i``, candidate selection
-and final counting use disjoint seed ranges, all the same for every method.
+Seeds: the run's ``seed`` S moves every range by ``S * 1_000_003`` (as the standard scenarios' seeds);
+optimisation step ``i`` of restart ``r`` samples with seed ``base + 1009 r + i``, candidate selection and
+final counting use disjoint seed ranges, all the same for every method.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import time
 from dataclasses import dataclass
@@ -57,6 +59,11 @@ STRONG = 0.5  # the undefended model's success (each judge) for the attack to co
 JUDGES = ("evaluator", "nn", "pen", "consensus")  # key suffixes: "" (the evaluator), "_nn", "_pen", "_consensus"
 SCALES = (0.5, 1.0, 1.5, 2.0)  # multiples of the least-squares embedding match tried as mixtures
 SEED_BASE = {"mixture": 610_000, "optimise": 620_000, "select": 630_000, "count": 640_000}
+
+
+def seed_of(kind: str, seed: int) -> int:
+    """The first sampling seed of ``kind`` (a ``SEED_BASE`` key) in a run with seed ``seed``."""
+    return seed * 1_000_003 + SEED_BASE[kind]
 
 
 @dataclass(frozen=True)
@@ -179,25 +186,26 @@ def _score(target: Target, surrogate, condition: torch.Tensor, count: int, seed:
     return float((log_probs.argmax(dim=1) == negate).float().mean()), float(log_probs[:, negate].mean())
 
 
-def best_mixture(target: Target, surrogate, negate: int, budget: AttackBudget, log=print) -> torch.Tensor:
+def best_mixture(target: Target, surrogate, negate: int, budget: AttackBudget, log=print, seed: int = 0) -> torch.Tensor:
     """The mixture candidate with the best surrogate score on ``target`` (the undefended model)."""
     scored = []
     for index, candidate in enumerate(mixture_candidates(target.task.model, negate, budget.norm)):
-        scored.append((_score(target, surrogate, candidate, budget.batch, SEED_BASE["mixture"], negate), index, candidate))
+        scored.append((_score(target, surrogate, candidate, budget.batch, seed_of("mixture", seed), negate), index,
+                       candidate))
     (score, _, chosen) = max(scored, key=lambda entry: (entry[0], -entry[1]))
     log(f"attack: best of {len(scored)} mixtures {describe(chosen)} (surrogate success {100 * score[0]:.0f}%)")
     return chosen
 
 
 def optimise(target: Target, surrogate, negate: int, budget: AttackBudget, start: torch.Tensor,
-             restart: int) -> tuple[torch.Tensor, list[float]]:
+             restart: int, seed: int = 0) -> tuple[torch.Tensor, list[float]]:
     """One restart of the adaptive attack from ``start``; returns the final condition and the objective
     (mean surrogate log-probability of ``negate``) at every step."""
     parameter = project(start, negate, budget.norm).clone().requires_grad_(True)
     optimizer = torch.optim.Adam([parameter], lr=budget.learning_rate)
     history = []
     for iteration in range(budget.iterations):
-        pixels = target.sample(parameter, budget.batch, SEED_BASE["optimise"] + 1009 * restart + iteration,
+        pixels = target.sample(parameter, budget.batch, seed_of("optimise", seed) + 1009 * restart + iteration,
                                differentiable=True)
         objective = surrogate_log_prob(surrogate, pixels, negate).mean()
         optimizer.zero_grad(set_to_none=True)
@@ -209,9 +217,9 @@ def optimise(target: Target, surrogate, negate: int, budget: AttackBudget, start
     return parameter.detach(), history
 
 
-def random_start(negate: int, norm: float, restart: int) -> torch.Tensor:
-    """A random direction (fixed by ``restart``) of half the norm bound, K coordinate 0."""
-    direction = torch.randn(CONDITION_WIDTH, generator=torch.Generator().manual_seed(restart))
+def random_start(negate: int, norm: float, restart: int, seed: int = 0) -> torch.Tensor:
+    """A random direction (fixed by ``restart`` and the run's ``seed``) of half the norm bound, K coordinate 0."""
+    direction = torch.randn(CONDITION_WIDTH, generator=torch.Generator().manual_seed(seed * 1_000_003 + restart))
     direction[negate] = 0
     return direction * (norm / 2 / direction.norm())
 
@@ -221,13 +229,13 @@ def _suffix(judge: str) -> str:
 
 
 def judge_attack(target: Target, condition: torch.Tensor, *, samples: int, negate: int, evaluator,
-                 neighbours: NearestNeighbourJudge, heldout: tuple[torch.Tensor, torch.Tensor]) -> dict:
+                 neighbours: NearestNeighbourJudge, heldout: tuple[torch.Tensor, torch.Tensor], seed: int = 0) -> dict:
     """Count the attack on ``samples`` fresh seeds: each judge's success (``success``, ``success_nn``,
     ``success_pen``) and the share that at least two of the three call K (``success_consensus``), with
     Wilson intervals, the class-matched pixel Fréchet distance and the class spread of the attacked samples
     (by the evaluator, as in the other scenarios)."""
 
-    pixels = torch.cat([target.sample(condition, min(500, samples - first), SEED_BASE["count"] + first)
+    pixels = torch.cat([target.sample(condition, min(500, samples - first), seed_of("count", seed) + first)
                         for first in range(0, samples, 500)]).clamp(0, 1)
     predictions, _, _ = evaluator.judge(pixels)
     called = {"evaluator": predictions, "nn": neighbours(pixels), "pen": digits.load_pen_evaluator().judge(pixels)[0]}
@@ -243,7 +251,7 @@ def judge_attack(target: Target, condition: torch.Tensor, *, samples: int, negat
 
 
 def attack_methods(targets: list[Target], *, negate: int, budget: AttackBudget, samples: int, evaluator,
-                   heldout: tuple[torch.Tensor, torch.Tensor], log=print) -> dict:
+                   heldout: tuple[torch.Tensor, torch.Tensor], log=print, seed: int = 0) -> dict:
     """Run both attacks against every target (the first must be the undefended ``none``); returns
     ``{"mixture": ..., "methods": {name: metrics}, "strong": bool, "realism_unattacked": float}``."""
     if not targets or targets[0].name != "none":
@@ -251,28 +259,26 @@ def attack_methods(targets: list[Target], *, negate: int, budget: AttackBudget, 
     started = time.perf_counter()
     surrogate = digits.load_surrogate()
     neighbours = NearestNeighbourJudge()
-    mixture = best_mixture(targets[0], surrogate, negate, budget, log)
+    mixture = best_mixture(targets[0], surrogate, negate, budget, log, seed)
     plain = targets[0].task.model.get_learned_conditioning([negate])[0, 0]  # asking for K, for scale
-    unattacked = judge_attack(targets[0], plain, samples=samples, negate=negate, evaluator=evaluator,
-                              neighbours=neighbours, heldout=heldout)
+    judge = functools.partial(judge_attack, samples=samples, negate=negate, evaluator=evaluator,
+                              neighbours=neighbours, heldout=heldout, seed=seed)
+    unattacked = judge(targets[0], plain)
     results = {}
     for target in targets:
         candidates = [("mixture", mixture)]
         for restart in range(budget.restarts):
-            start = mixture if restart == 0 else random_start(negate, budget.norm, restart)
-            condition, history = optimise(target, surrogate, negate, budget, start, restart)
+            start = mixture if restart == 0 else random_start(negate, budget.norm, restart, seed)
+            condition, history = optimise(target, surrogate, negate, budget, start, restart, seed)
             candidates.append((f"adaptive restart {restart}", condition))
             log(f"attack {target.name}: restart {restart} objective {history[0] if history else float('nan'):.2f}"
                 f" -> {history[-1] if history else float('nan'):.2f} ({time.perf_counter() - started:.0f} s elapsed)")
-        scores = [_score(target, surrogate, condition, 2 * budget.batch, SEED_BASE["select"], negate)
+        scores = [_score(target, surrogate, condition, 2 * budget.batch, seed_of("select", seed), negate)
                   for _, condition in candidates]
         best = max(range(len(candidates)), key=lambda i: (scores[i][1], -i))  # the objective itself
         source, condition = candidates[best]
-        counted = judge_attack(target, condition, samples=samples, negate=negate, evaluator=evaluator,
-                               neighbours=neighbours, heldout=heldout)
-        transfer = counted if source == "mixture" else judge_attack(
-            target, mixture, samples=samples, negate=negate, evaluator=evaluator, neighbours=neighbours,
-            heldout=heldout)
+        counted = judge(target, condition)
+        transfer = counted if source == "mixture" else judge(target, mixture)
         rates = {f"{kind}_success_rate{_suffix(judge)}": found["success" + _suffix(judge)]
                  for kind, found in (("attack", counted), ("mixture", transfer)) for judge in JUDGES}
         results[target.name] = {

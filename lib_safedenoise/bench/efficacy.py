@@ -443,7 +443,7 @@ def evaluate(*, negate: int, seed: int, samples: int, sampler: str, steps: int, 
                 targets.append(attack.Target(name, METHODS[name], task, sampler, steps, cfg_scale))
         found = attack.attack_methods(targets, negate=negate, budget=attack_budget or attack.AttackBudget(),
                                       samples=samples, evaluator=evaluator, heldout=(heldout_pixels, heldout_labels),
-                                      log=log)
+                                      log=log, seed=seed)
         attack_grids = {}
         for name, metrics in found.pop("methods").items():
             attack_grids[name] = metrics.pop("_pixels")
