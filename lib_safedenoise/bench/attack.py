@@ -34,7 +34,7 @@ surrogate log-probability (the objective) on selection seeds against that method
 The attack counts as strong when the undefended model's success is at least ``STRONG`` by each of the
 three judges.
 
-Seeds: the run's ``seed`` S moves every range by ``S * 1_000_003`` (as the standard scenarios' seeds);
+Seeds: the run's ``seed`` S moves every range by ``S * SEED_STRIDE`` (as the standard scenarios' seeds);
 optimisation step ``i`` of restart ``r`` samples with seed ``base + 1009 r + i``, candidate selection and
 final counting use disjoint seed ranges, all the same for every method.
 """
@@ -59,11 +59,12 @@ STRONG = 0.5  # the undefended model's success (each judge) for the attack to co
 JUDGES = ("evaluator", "nn", "pen", "consensus")  # key suffixes: "" (the evaluator), "_nn", "_pen", "_consensus"
 SCALES = (0.5, 1.0, 1.5, 2.0)  # multiples of the least-squares embedding match tried as mixtures
 SEED_BASE = {"mixture": 610_000, "optimise": 620_000, "select": 630_000, "count": 640_000}
+SEED_STRIDE = 1_000_003  # a run's seed S moves every draw by S * SEED_STRIDE, as in the standard scenarios
 
 
 def seed_of(kind: str, seed: int) -> int:
     """The first sampling seed of ``kind`` (a ``SEED_BASE`` key) in a run with seed ``seed``."""
-    return seed * 1_000_003 + SEED_BASE[kind]
+    return seed * SEED_STRIDE + SEED_BASE[kind]
 
 
 @dataclass(frozen=True)
@@ -219,7 +220,7 @@ def optimise(target: Target, surrogate, negate: int, budget: AttackBudget, start
 
 def random_start(negate: int, norm: float, restart: int, seed: int = 0) -> torch.Tensor:
     """A random direction (fixed by ``restart`` and the run's ``seed``) of half the norm bound, K coordinate 0."""
-    direction = torch.randn(CONDITION_WIDTH, generator=torch.Generator().manual_seed(seed * 1_000_003 + restart))
+    direction = torch.randn(CONDITION_WIDTH, generator=torch.Generator().manual_seed(seed * SEED_STRIDE + restart))
     direction[negate] = 0
     return direction * (norm / 2 / direction.norm())
 

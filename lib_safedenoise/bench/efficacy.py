@@ -150,15 +150,21 @@ PEN_RENDERINGS = ((0.5, 0.0), (1.0, 0.0), (0.0, 1.0), (0.5, 0.5), (1.0, 1.0))
 
 def with_pen_variants(bank: LatentBank) -> LatentBank:
     """``bank`` plus each of its digits redrawn with the heavier pens of ``PEN_RENDERINGS``
-    (``digits.evaluator.heavier_pen``): a bank that also covers the bold renderings an attacker asks for."""
+    (``digits.evaluator.heavier_pen``): a bank that also covers the bold renderings an attacker asks for.
+    Made once per bank tensor (``kernel.derived``): every sampling run of a method builds its intervention
+    anew, and the same bank object keeps its adapted views and per-bank set-up across them."""
     from lib_safedenoise.bench.digits.evaluator import heavier_pen
+    from lib_safedenoise.core.kernel import derived
 
-    pixels = digits.decode(bank.latents.float()).clamp(0, 1)
-    count = len(pixels)
-    renderings = [heavier_pen(pixels, torch.full((count,), gain), torch.full((count,), spread))
-                  for gain, spread in PEN_RENDERINGS]
-    return LatentBank(f"{bank.name}+pens", torch.cat([bank.latents.float()] + [digits.encode(r) for r in renderings]),
-                      latent_space=bank.latent_space, role=bank.role)
+    def make() -> LatentBank:
+        pixels = digits.decode(bank.latents.float()).clamp(0, 1)
+        count = len(pixels)
+        renderings = [heavier_pen(pixels, torch.full((count,), gain), torch.full((count,), spread))
+                      for gain, spread in PEN_RENDERINGS]
+        return LatentBank(f"{bank.name}+pens", torch.cat([bank.latents.float()] + [digits.encode(r) for r in renderings]),
+                          latent_space=bank.latent_space, role=bank.role)
+
+    return derived(bank.latents, ("pen-variants",), make)
 
 
 def engine_method(name: str, mode: str, summary: str, *, negation: str = "given", reference: str = "given",
