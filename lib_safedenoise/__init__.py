@@ -5,4 +5,4 @@ implementing Kim et al., "Training-Free Safe Denoisers for Safe Use of Diffusion
 (arXiv 2502.08011) for the AUTOMATIC1111 Stable Diffusion WebUI and its forks.
 """
 
-ENGINE_VERSION = "0.3.0"
+ENGINE_VERSION = "0.3.1"

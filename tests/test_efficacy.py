@@ -206,7 +206,8 @@ def test_bad_attack_budget_is_refused(capsys):
 @pytest.fixture(scope="module")
 def shipped_run():
     return efficacy.evaluate(negate=NEGATE, seed=0, samples=16, sampler="euler", steps=6, cfg_scale=2.0,
-                             report_cfg=None, methods=["none", "default-as-shipped", "default-prompt-bank"], batch=16,
+                             report_cfg=None, methods=["none", "default-as-shipped", "default-prompt-bank", "default-two-banks"],
+                             batch=16,
                              collateral=[4], prompt_bank_size=12, own_reference_size=40, log=lambda m: None)
 
 
@@ -217,12 +218,26 @@ def test_as_shipped_methods_report_every_metric_from_the_models_own_samples(ship
     assert own["prompt_bank_size"] == 12 and own["own_reference_size"] == 40
     assert 0 <= own["claimed_judged_negated"] <= own["own_reference_judged_negated"] <= 40
     assert own["own_reference_judged_negated"] >= 1  # every label is asked for, K among them
-    for name in ("default-as-shipped", "default-prompt-bank"):
+    for name in ("default-as-shipped", "default-prompt-bank", "default-two-banks"):
         metrics = shipped_run["methods"][name]
         assert set(efficacy.REQUIRED_METRICS) <= set(metrics)
         assert all(metrics[key] is not None for key in efficacy.REQUIRED_METRICS), name
     none = shipped_run["methods"]["none"]
     assert shipped_run["methods"]["default-as-shipped"]["negated_rate"] < none["negated_rate"]
+    assert shipped_run["methods"]["default-two-banks"]["negated_rate"] < none["negated_rate"]
+
+
+def test_pen_variants_add_five_heavier_renderings_of_each_banked_digit_once():
+    """``with_pen_variants``: the bank itself, then each ``PEN_RENDERINGS`` pen in turn, every one with more
+    ink than the digit it redraws; made once per bank tensor (the same object again)."""
+    pixels, labels = efficacy.digits.subset("heldout")
+    bank = efficacy.LatentBank("fives", efficacy.digits.encode(pixels[labels == 5][:7]), latent_space="digits")
+    varied = efficacy.with_pen_variants(bank)
+    assert varied.count == 7 * (1 + len(efficacy.PEN_RENDERINGS)) and varied.role == bank.role
+    torch.testing.assert_close(varied.latents[:7], bank.latents.float())
+    ink = efficacy.digits.decode(varied.latents).clamp(0, 1).flatten(1).sum(1).view(-1, 7)
+    assert bool((ink[1:] > ink[0]).all())
+    assert efficacy.with_pen_variants(bank) is varied
 
 
 def test_own_sample_banks_are_the_models_samples_on_seeds_no_scenario_uses():

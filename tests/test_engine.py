@@ -76,15 +76,41 @@ def test_images_that_do_not_fire_keep_their_exact_values():
 
 
 def test_several_banks_add_their_corrections_each_with_its_strength():
+    """Banks of different concepts: each image is claimed by one bank (its posterior near 1, the other's near 0),
+    and the corrections add, each with its bank's strength."""
     first, second = make_bank(seed=2, name="first"), make_bank(seed=3, name="second")
+    second = LatentBank("second", second.latents + 40.0)  # another concept, far from the first
+    x0_hat, _ = inputs(batch=2)
+    x = torch.stack([first.latents[0], second.latents[0]]) + 0.05 * x0_hat
+    options = {"gain": 0.5}
+
+    def run(banks):
+        return SafeDenoiser(banks, window=(0, 1), bandwidth=0.5, options=options).correct_x0(x0_hat, x, 1.0, 0, 1)
+
+    both, only_first, only_second = run([(first, 1.0), (second, 0.5)]), run([(first, 1.0)]), run([(second, 0.5)])
+    assert not torch.equal(only_first[0], x0_hat[0]) and not torch.equal(only_second[1], x0_hat[1])
+    torch.testing.assert_close(both - x0_hat, (only_first - x0_hat) + (only_second - x0_hat), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(run([(first, 1.0), (second, 0.0)]), only_first)
+
+
+def test_banks_of_one_concept_correct_as_much_as_the_strongest_bank():
+    """Two banks that both claim an image (posterior near 1 each) would swap twice; the stronger one claims
+    the posterior first and the other gets what it left, so a copy of the bank beside it changes nothing,
+    whichever comes first in the list."""
+    bank = make_bank(seed=2)
+    copy = LatentBank("copy", bank.latents.clone())
     x0_hat, x = inputs()
     options = {"prior_odds": 1e30, "gain": 0.5}
-    both = SafeDenoiser([(first, 1.0), (second, 0.5)], window=(0, 1), options=options).correct_x0(x0_hat, x, 1.0, 0, 1)
-    only_first = SafeDenoiser([(first, 1.0)], window=(0, 1), options=options).correct_x0(x0_hat, x, 1.0, 0, 1)
-    only_second = SafeDenoiser([(second, 0.5)], window=(0, 1), options=options).correct_x0(x0_hat, x, 1.0, 0, 1)
-    torch.testing.assert_close(both - x0_hat, (only_first - x0_hat) + (only_second - x0_hat), rtol=1e-5, atol=1e-5)
-    off = SafeDenoiser([(first, 1.0), (second, 0.0)], window=(0, 1), options=options).correct_x0(x0_hat, x, 1.0, 0, 1)
-    torch.testing.assert_close(off, only_first)
+
+    def run(banks):
+        engine = SafeDenoiser(banks, window=(0, 1), options=options)
+        return engine.correct_x0(x0_hat, x, 1.0, 0, 1), engine.report
+
+    once, _ = run([(bank, 1.0)])
+    twice, report = run([(bank, 1.0), (copy, 1.0)])
+    torch.testing.assert_close(twice, once)
+    assert all(bank_record["fired"] for record in report.images.values() for bank_record in record[0].banks)
+    torch.testing.assert_close(run([(copy, 0.2), (bank, 1.0)])[0], once)  # the weak bank first: still the strong one
 
 
 def test_noise_prediction_adapter_round_trips_exactly_when_nothing_fires():

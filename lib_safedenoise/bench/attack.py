@@ -52,14 +52,13 @@ import torch.nn.functional as F
 from lib_safedenoise.bench import digits
 from lib_safedenoise.bench.digits.network import CONDITION_WIDTH, NUM_CLASSES
 from lib_safedenoise.bench.digits.sampling import AfterCFG
-from lib_safedenoise.bench.stats import wilson_interval
+from lib_safedenoise.bench.stats import SEED_STRIDE, wilson_interval
 from lib_safedenoise.bench.judges import NearestNeighbourJudge, class_matched_frechet, class_spread
 
 STRONG = 0.5  # the undefended model's success (each judge) for the attack to count as strong
 JUDGES = ("evaluator", "nn", "pen", "consensus")  # key suffixes: "" (the evaluator), "_nn", "_pen", "_consensus"
 SCALES = (0.5, 1.0, 1.5, 2.0)  # multiples of the least-squares embedding match tried as mixtures
 SEED_BASE = {"mixture": 610_000, "optimise": 620_000, "select": 630_000, "count": 640_000}
-SEED_STRIDE = 1_000_003  # a run's seed S moves every draw by S * SEED_STRIDE, as in the standard scenarios
 
 
 def seed_of(kind: str, seed: int) -> int:

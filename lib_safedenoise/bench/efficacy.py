@@ -78,7 +78,7 @@ import torch
 from lib_safedenoise.banks.builder import UNGUIDED_SHARE, unguided_samples
 from lib_safedenoise.banks.fileformat import write_atomically
 from lib_safedenoise.bench import digits
-from lib_safedenoise.bench.stats import Z95, wilson_interval
+from lib_safedenoise.bench.stats import SEED_STRIDE, Z95, wilson_interval
 from lib_safedenoise.bench.digits.sampling import AfterCFG, AfterCFGEps
 from lib_safedenoise.bench.judges import class_matched_frechet, class_spread, nearest_distances
 from lib_safedenoise.core.latent_bank import LatentBank
@@ -171,21 +171,23 @@ def engine_method(name: str, mode: str, summary: str, *, negation: str = "given"
                   **settings) -> Method:
     """A method running ``SafeDenoiser(mode=mode, **settings)`` at strength 1 on the task's ``bank``
     (``negation="given"``), the same bank with its heavier-pen renderings (``"pen-variants"``,
-    ``with_pen_variants``) or its ``prompt_bank`` (``"prompt"``), with the task's hand-made ``reference``
-    (``reference="given"``), its ``own_reference`` (``"own"``) or none (``"none"``) when the mode takes one."""
-    if negation not in ("given", "pen-variants", "prompt") or reference not in ("given", "own", "none"):
-        raise ValueError(f"method {name!r}: negation must be 'given', 'pen-variants' or 'prompt' and reference "
+    ``with_pen_variants``), its ``prompt_bank`` (``"prompt"``) or both the given bank and the prompt bank as
+    two negation banks (``"given+prompt"``: a user who ticks a folder bank and a prompt bank of the same
+    concept), with the task's hand-made ``reference`` (``reference="given"``), its ``own_reference``
+    (``"own"``) or none (``"none"``) when the mode takes one."""
+    negations = {"given": lambda task: [task.bank], "pen-variants": lambda task: [with_pen_variants(task.bank)],
+                 "prompt": lambda task: [task.prompt_bank], "given+prompt": lambda task: [task.bank, task.prompt_bank]}
+    if negation not in negations or reference not in ("given", "own", "none"):
+        raise ValueError(f"method {name!r}: negation must be one of {', '.join(negations)} and reference "
                          f"'given', 'own' or 'none', got {negation!r}, {reference!r}")
 
     def build(task: NegationTask, overrides: dict | None = None) -> Intervention:
         from lib_safedenoise.core.engine import SafeDenoiser
         from lib_safedenoise.core.modes import takes_reference
 
-        bank = (task.prompt_bank if negation == "prompt" else
-                with_pen_variants(task.bank) if negation == "pen-variants" else task.bank)
         chosen = {"given": task.reference, "own": task.own_reference, "none": None}[reference]
-        engine = SafeDenoiser([(bank, 1.0)], mode=mode, reference=chosen if takes_reference(mode) else None,
-                              **{**settings, **(overrides or {})})
+        engine = SafeDenoiser([(bank, 1.0) for bank in negations[negation](task)], mode=mode,
+                              reference=chosen if takes_reference(mode) else None, **{**settings, **(overrides or {})})
         if task.sampler == "ddim":
             alphas_cumprod = task.model.alphas_cumprod
             return Intervention(after_cfg_eps=lambda eps, x, t, step, total: engine.correct_eps(
@@ -193,7 +195,7 @@ def engine_method(name: str, mode: str, summary: str, *, negation: str = "given"
         return Intervention(after_cfg=engine.correct_x0)
 
     return Method(name, summary, build, lambda task: build(task, open_gate_settings(mode, settings)),
-                  own_samples=negation == "prompt" or reference == "own")
+                  own_samples="prompt" in negation or reference == "own")
 
 
 def open_gate_settings(mode: str, settings: dict) -> dict:
@@ -241,6 +243,8 @@ for _method in (
                   "the hand-made reference bank", negation="prompt"),
     engine_method("default-pen-variants", "default", "the default mode with the negation bank plus five "
                   "heavier-pen renderings of each digit (against the attack's bold digits)", negation="pen-variants"),
+    engine_method("default-two-banks", "default", "the default mode with two negation banks, the hand-made one and "
+                  "the prompt-made one (a user who ticks both), and the hand-made reference", negation="given+prompt"),
 ):
     register_method(_method)
 
@@ -311,7 +315,7 @@ def sample_latents(setup: Setup, model, intervention: Intervention, labels, *, c
         negatives = None if intervention.negative_label is None else [intervention.negative_label] * len(chunk)
         start = time.perf_counter()
         latents.append(digits.sample(model, chunk, sampler=setup.sampler, steps=setup.steps,
-                                     cfg_scale=cfg_scale, seed=setup.seed * 1_000_003 + seed_offset * 1009 + first,
+                                     cfg_scale=cfg_scale, seed=setup.seed * SEED_STRIDE + seed_offset * 1009 + first,
                                      after_cfg=intervention.after_cfg, after_cfg_eps=intervention.after_cfg_eps,
                                      negative_labels=negatives))
         seconds += time.perf_counter() - start

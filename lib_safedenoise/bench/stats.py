@@ -1,4 +1,4 @@
-"""Interval estimates shared by the benchmarks."""
+"""Interval estimates and the seed stride shared by the benchmarks."""
 
 from __future__ import annotations
 
@@ -6,6 +6,10 @@ import math
 
 Z95 = 1.959964
 """The 97.5% quantile of the standard normal: two-sided 95% intervals."""
+
+SEED_STRIDE = 1_000_003
+"""A run's seed S moves every sampling draw of the efficacy benchmark (standard scenarios and attack) by
+``S * SEED_STRIDE`` (seed 0 keeps the plain offsets)."""
 
 
 def wilson_interval(successes: int, total: int) -> tuple[float, float]:

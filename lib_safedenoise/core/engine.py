@@ -172,10 +172,13 @@ class SafeDenoiser:
         reference = None if self.reference is None else self._view(self.reference, x0_hat, None)
         inputs = Step(x0_hat.float().flatten(1), x.float().flatten(1), sigmas, tuple(x0_hat.shape),
                       step_progress(step, total_steps), tuple(ids))
+        effects: list[BankEffect | None] = [None] * len(views)
         with reading() as reads:
-            effects: list[BankEffect] = [
-                self.mode.correct(inputs, view, strength, self.settings, reference=reference, memory=memory)
-                for (view, strength), memory in zip(views, self._memories)]
+            # stronger banks first: where banks of one concept overlap, they claim the posterior (modes.unclaimed_posterior)
+            for index in sorted(range(len(views)), key=lambda i: -views[i][1]):
+                (view, strength), memory = views[index], self._memories[index]
+                effects[index] = self.mode.correct(inputs, view, strength, self.settings, reference=reference,
+                                                   memory=memory)
         fired = torch.stack([e.fired for e in effects]).any(0)
         per_bank = [(bank.name, e.fired.tolist(), e.beta.tolist(), e.nearest_distance.tolist())
                     for (bank, _), e in zip(self.negations, effects)]  # one device sync per bank, not per value
