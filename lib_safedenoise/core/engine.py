@@ -75,7 +75,8 @@ class SafeDenoiser:
     """Corrects denoised estimates away from one or more negation banks.
 
     ``negations``: ``(bank, strength)`` pairs; each bank corrects with its own strength (0 disables it), in
-    ``[0, MODES[mode].max_strength]`` (``modes.MAX_STRENGTH`` except in ``paper`` mode).
+    ``[0, MODES[mode].max_strength]`` (``modes.MAX_STRENGTH`` except in ``paper`` mode). Their corrections
+    add up; the modes see the banks strongest first (``modes.unclaimed_posterior``).
     ``mode``: a name from ``modes.MODES`` or ``"default"``; ``mode_name`` holds the concrete name.
     ``bandwidth``, ``window`` (fractions of the sampling steps, see ``schedule``), ``threshold``: override
     the mode's defaults (``None`` keeps them; see ``modes.Mode`` and each mode's documentation).
