@@ -89,7 +89,7 @@ def test_several_banks_add_their_corrections_each_with_its_strength():
 
     both, only_first, only_second = run([(first, 1.0), (second, 0.5)]), run([(first, 1.0)]), run([(second, 0.5)])
     assert not torch.equal(only_first[0], x0_hat[0]) and not torch.equal(only_second[1], x0_hat[1])
-    torch.testing.assert_close(both - x0_hat, (only_first - x0_hat) + (only_second - x0_hat), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(both - x0_hat, (only_first - x0_hat) + (only_second - x0_hat), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(run([(first, 1.0), (second, 0.0)]), only_first)
 
 
